@@ -1,0 +1,81 @@
+"""JSON encoding of everything stored: strict, compact, and with errors that name the key.
+
+stem-sqlite stores only JSON. Nothing is pickled, so a database written by one
+version or one language can be read by another, and stored data can never make a
+process run code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from .errors import InvalidPayload
+
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def dumps(value: Any, *, where: str) -> str:
+    """Encode ``value`` as compact JSON text.
+
+    ``where`` names the value in the error (``"kwargs"``, ``"result of demo.add"``).
+    Raises ``InvalidPayload`` (a ``TypeError``) naming the first offending key when
+    the value is not JSON: an object of another type, a non-string key, NaN or infinity.
+    """
+    try:
+        return _ENCODER.encode(value)
+    except (TypeError, ValueError, RecursionError):
+        problem = find_non_json(value, where)
+        raise InvalidPayload(problem or f"{where} is not a JSON value") from None
+
+
+def loads(text: str | bytes | None) -> Any:
+    """Decode JSON text written by :func:`dumps`; ``None`` stays ``None``."""
+    if text is None:
+        return None
+    return json.loads(text)
+
+
+def find_non_json(value: Any, path: str, _depth: int = 0) -> str | None:
+    """Return a sentence naming the first part of ``value`` that JSON cannot hold, or None."""
+    if _depth > 200:
+        return f"{path} is nested too deeply (or refers to itself) to be stored as JSON"
+    if value is None or isinstance(value, (bool, int, str)):
+        return None
+    if isinstance(value, float):
+        if math.isnan(value) or math.isinf(value):
+            return f"{path} is {value!r}, which JSON cannot represent; use null or a string"
+        return None
+    if isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            found = find_non_json(item, f"{path}[{index}]", _depth + 1)
+            if found:
+                return found
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return (
+                    f"{path} has the key {key!r} ({type(key).__name__}); "
+                    "JSON object keys must be strings"
+                )
+            found = find_non_json(item, f"{path}[{key!r}]", _depth + 1)
+            if found:
+                return found
+        return None
+    return (
+        f"{path} is {type(value).__name__} ({_short_repr(value)}), which is not a JSON value; "
+        "pass str, int, float, bool, None, list or dict (convert it first, e.g. a datetime "
+        "to an ISO string)"
+    )
+
+
+def _short_repr(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_json(value: Any, *, where: str) -> None:
+    """Raise ``InvalidPayload`` naming the offending key when ``value`` is not JSON."""
+    dumps(value, where=where)

@@ -1,0 +1,559 @@
+"""The SQLite broker: a durable queue with leases, priorities, delays and dead letters."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from ..codec import dumps
+from ..errors import InvalidArgument, JobInFlight, UnsupportedOperation
+from ..model import (
+    DeadLetterEntry,
+    DeadLetterPage,
+    Delivery,
+    Envelope,
+    ReplayResult,
+    clean_queue_name,
+)
+from ..timeutil import (
+    SYSTEM_CLOCK,
+    Clock,
+    Duration,
+    datetime_to_ms,
+    from_ms,
+    require_aware,
+    to_ms,
+    to_seconds,
+)
+from . import dead_letters_sql as dl_sql
+from . import jobs_sql as sql
+from .connection import BROKER, Database, open_database, release_database
+from .consumer import SqliteConsumer
+from .maintenance import Periodic
+from .rows import dead_letter_from_row, decode_envelope
+
+log = logging.getLogger("stem_sqlite.broker")
+
+MAX_PREFETCH = 1000
+MAX_REPLAY = 500
+
+
+def clean_namespace(namespace: object) -> str:
+    """Trim a namespace; a blank one falls back to ``"stem"``, as in the original."""
+    if namespace is None:
+        return "stem"
+    if not isinstance(namespace, str):
+        raise InvalidArgument(f"namespace must be a string, got {namespace!r}")
+    return namespace.strip() or "stem"
+
+
+class SqliteBroker:
+    """A broker stored in one SQLite file (WAL). Open it with :meth:`open`.
+
+    Every claim gives the job a fresh random lease token, carried in the delivery's
+    receipt; ack, nack, extend_lease, dead_letter and reschedule act only while that
+    token still holds the job, so a worker whose lease was taken over changes nothing.
+    """
+
+    supports_delayed = True
+    supports_priority = True
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        namespace: str = "stem",
+        default_visibility_timeout: Duration = 30,
+        poll_interval: Duration = 0.25,
+        sweeper_interval: Duration = 10,
+        dead_letter_retention: Duration = timedelta(days=7),
+        change_check_interval: Duration = 0.005,
+        clock: Clock | None = None,
+    ) -> None:
+        self._db = db
+        self.namespace = clean_namespace(namespace)
+        self.default_visibility_timeout = to_seconds(
+            default_visibility_timeout, name="default_visibility_timeout", allow_zero=False
+        )
+        self.poll_interval = to_seconds(poll_interval, name="poll_interval", allow_zero=False)
+        self.change_check_interval = min(
+            to_seconds(change_check_interval, name="change_check_interval", allow_zero=False),
+            self.poll_interval,
+        )
+        self.dead_letter_retention = to_seconds(dead_letter_retention, name="dead_letter_retention")
+        self.clock = clock or SYSTEM_CLOCK
+        self._consumers: set[SqliteConsumer] = set()
+        self._holder_of: dict[str, SqliteConsumer] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+        self._sweeper = Periodic(
+            f"stem-broker-sweeper[{self.namespace}]",
+            to_seconds(sweeper_interval, name="sweeper_interval"),
+            self.run_maintenance,
+        )
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Any,
+        *,
+        namespace: str = "stem",
+        default_visibility_timeout: Duration = 30,
+        poll_interval: Duration = 0.25,
+        sweeper_interval: Duration = 10,
+        dead_letter_retention: Duration = timedelta(days=7),
+        synchronous: str = "NORMAL",
+        change_check_interval: Duration = 0.005,
+        clock: Clock | None = None,
+    ) -> SqliteBroker:
+        """Open the broker file at ``path``, creating and migrating it when needed.
+
+        ``synchronous="FULL"`` makes every commit survive a power loss, at the cost
+        of one more fsync per commit; ``NORMAL`` (the default) survives a crash of
+        the process but may lose the last commits on power loss.
+        """
+        # Validate the knobs before touching the file, so bad input creates nothing.
+        for name, value, zero_ok in (
+            ("default_visibility_timeout", default_visibility_timeout, False),
+            ("poll_interval", poll_interval, False),
+            ("sweeper_interval", sweeper_interval, True),
+            ("dead_letter_retention", dead_letter_retention, True),
+        ):
+            to_seconds(value, name=name, allow_zero=zero_ok)
+        clean_namespace(namespace)
+        db = open_database(path, BROKER, synchronous=synchronous)
+        try:
+            return cls(
+                db,
+                namespace=namespace,
+                default_visibility_timeout=default_visibility_timeout,
+                poll_interval=poll_interval,
+                sweeper_interval=sweeper_interval,
+                dead_letter_retention=dead_letter_retention,
+                change_check_interval=change_check_interval,
+                clock=clock,
+            )
+        except BaseException:
+            release_database(db)
+            raise
+
+    @property
+    def path(self) -> str:
+        return str(self._db.path)
+
+    @property
+    def database(self) -> Database:
+        return self._db
+
+    def _now_ms(self) -> int:
+        return to_ms(self.clock.now())
+
+    # -- publishing ---------------------------------------------------------------
+
+    def _job_params(self, envelope: Envelope, now: int) -> dict[str, Any]:
+        envelope.check_json()
+        visible_at = datetime_to_ms(envelope.not_before) if envelope.not_before else now
+        lease = envelope.visibility_timeout
+        return {
+            "ns": self.namespace,
+            "id": envelope.id,
+            "queue": envelope.queue,
+            "priority": envelope.priority,
+            "visible_at": visible_at,
+            "lease_ms": to_ms(lease) if lease else None,
+            "attempt": envelope.attempt,
+            "now": now,
+            "envelope": dumps(envelope.to_dict(), where="envelope"),
+        }
+
+    @staticmethod
+    def _routed(envelope: Envelope, queue: str | None, priority: int | None) -> Envelope:
+        changes: dict[str, Any] = {}
+        if queue is not None:
+            changes["queue"] = clean_queue_name(queue)
+        if priority is not None:
+            changes["priority"] = priority
+        return envelope.with_changes(**changes) if changes else envelope
+
+    def publish(
+        self, envelope: Envelope, *, queue: str | None = None, priority: int | None = None
+    ) -> None:
+        """Store ``envelope`` (routing overrides win); it is durable when this returns.
+
+        A ``not_before`` in the future makes the job delayed. Publishing an id that is
+        pending replaces that job in place; publishing an id whose lease is running
+        raises :class:`JobInFlight` and changes nothing, so a running task is never
+        started a second time by a re-publish.
+        """
+        if not isinstance(envelope, Envelope):
+            raise InvalidArgument(f"publish takes an Envelope, got {type(envelope).__name__}")
+        envelope = self._routed(envelope, queue, priority)
+        params = self._job_params(envelope, self._now_ms())
+        if self._db.write_one(sql.UPSERT_JOB, params).rowcount != 1:
+            raise _in_flight(envelope.id)
+
+    def publish_many(self, envelopes: Iterable[Envelope]) -> None:
+        """Publish many envelopes in one transaction: all are stored, or none."""
+        items = list(envelopes)
+        for envelope in items:
+            if not isinstance(envelope, Envelope):
+                raise InvalidArgument(
+                    f"publish_many takes Envelopes, got {type(envelope).__name__}"
+                )
+        if not items:
+            return
+        now = self._now_ms()
+        rows = [self._job_params(envelope, now) for envelope in items]
+        with self._db.write() as conn:
+            written = conn.executemany(sql.UPSERT_JOB, rows).rowcount
+            if written != len(rows):
+                blocked = next(
+                    row["id"]
+                    for row in rows
+                    if conn.execute(
+                        "SELECT 1 FROM stem_jobs WHERE namespace = ? AND id = ?"
+                        " AND lease_token IS NOT NULL AND visible_at > ?",
+                        (self.namespace, row["id"], now),
+                    ).fetchone()
+                )
+                raise _in_flight(blocked)
+
+    # -- consuming -----------------------------------------------------------------
+
+    def consume(
+        self,
+        queue: str | Sequence[str],
+        *,
+        prefetch: int = 1,
+        consumer_name: str | None = None,
+    ) -> SqliteConsumer:
+        """A consumer of one queue that holds at most ``prefetch`` unsettled deliveries.
+
+        One consumer reads one queue: the claim orders jobs by priority within a
+        queue, and a worker that serves several queues opens one consumer per queue.
+        """
+        if not isinstance(queue, str):
+            raise UnsupportedOperation(
+                "a SQLite consumer reads exactly one queue (claims are ordered by priority "
+                "within one queue); open one consumer per queue, as Worker does"
+            )
+        name = clean_queue_name(queue)
+        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 1:
+            raise InvalidArgument(f"prefetch must be an integer of 1 or more, got {prefetch!r}")
+        consumer = SqliteConsumer(
+            self,
+            name,
+            min(prefetch, MAX_PREFETCH),
+            consumer_name or f"consumer-{secrets.token_hex(4)}",
+        )
+        with self._lock:
+            self._consumers.add(consumer)
+        return consumer
+
+    def _claim(self, queue: str, n: int, consumer: SqliteConsumer) -> list[Delivery]:
+        """Lease up to ``n`` visible jobs of ``queue`` in one statement."""
+        now = self._now_ms()
+        token = secrets.token_hex(8)
+        rows = self._db.write_one(
+            sql.CLAIM_JOBS,
+            {
+                "token": token,
+                "consumer": consumer.name,
+                "now": now,
+                "default_lease_ms": to_ms(self.default_visibility_timeout),
+                "ns": self.namespace,
+                "queue": queue,
+                "n": n,
+            },
+        ).fetchall()
+        rows.sort(key=lambda row: (-row[2], row[0]))
+        deliveries: list[Delivery] = []
+        damaged: list[tuple[str, str, str]] = []
+        for _rowid, job_id, _priority, visible_at, delivery_count, text in rows:
+            receipt = f"{token}:{job_id}"
+            try:
+                envelope = decode_envelope(text)
+            except Exception as exc:  # noqa: BLE001 - any damage is dead-lettered the same way
+                damaged.append((job_id, receipt, f"{type(exc).__name__}: {exc}"))
+                continue
+            deliveries.append(
+                Delivery(envelope, receipt, from_ms(visible_at), queue, delivery_count)
+            )
+        for job_id, receipt, problem in damaged:
+            log.error(
+                "job %s in queue %s cannot be decoded (%s); dead-lettered", job_id, queue, problem
+            )
+            self._dead_letter_receipt(receipt, "malformed-envelope", {"error": problem})
+        with self._lock:
+            for delivery in deliveries:
+                self._holder_of[delivery.receipt] = consumer
+        return deliveries
+
+    def _settled(self, receipt: str) -> None:
+        with self._lock:
+            consumer = self._holder_of.pop(receipt, None)
+        if consumer is not None:
+            consumer._settled(receipt)
+
+    def _forget_consumer(self, consumer: SqliteConsumer) -> None:
+        with self._lock:
+            self._consumers.discard(consumer)
+
+    def _release_receipts(self, receipts: Iterable[str]) -> None:
+        now = self._now_ms()
+        with self._db.write() as conn:
+            for receipt in receipts:
+                token, job_id = _split_receipt(receipt)
+                conn.execute(
+                    sql.RELEASE_JOB,
+                    {"now": now, "ns": self.namespace, "id": job_id, "token": token},
+                )
+        for receipt in receipts:
+            self._settled(receipt)
+
+    # -- settling a delivery --------------------------------------------------------
+
+    def ack(self, delivery: Delivery) -> bool:
+        """Delete the job if this receipt still holds it; False (and no change) otherwise."""
+        token, job_id = _split_receipt(_receipt_of(delivery))
+        try:
+            done = self._db.write_one(sql.ACK_JOB, (self.namespace, job_id, token)).rowcount == 1
+        finally:
+            self._settled(delivery.receipt)
+        if not done:
+            log.warning("stale receipt: ack of job %s refused (its lease was taken over)", job_id)
+        return done
+
+    def nack(self, delivery: Delivery, *, requeue: bool = True) -> bool:
+        """Make the job visible again at once, or dead-letter it with reason ``"nack"``."""
+        if not requeue:
+            return self.dead_letter(delivery, reason="nack")
+        token, job_id = _split_receipt(_receipt_of(delivery))
+        now = self._now_ms()
+        try:
+            params = {"now": now, "ns": self.namespace, "id": job_id, "token": token}
+            return self._db.write_one(sql.RELEASE_JOB, params).rowcount == 1
+        finally:
+            self._settled(delivery.receipt)
+
+    def dead_letter(
+        self, delivery: Delivery, *, reason: str | None = None, meta: dict[str, Any] | None = None
+    ) -> bool:
+        """Move the job to the dead-letter store in one transaction (replacing an older entry)."""
+        _receipt_of(delivery)
+        try:
+            return self._dead_letter_receipt(delivery.receipt, reason, meta)
+        finally:
+            self._settled(delivery.receipt)
+
+    def _dead_letter_receipt(
+        self, receipt: str, reason: str | None, meta: dict[str, Any] | None
+    ) -> bool:
+        meta_text = dumps(meta or {}, where="dead-letter meta")
+        token, job_id = _split_receipt(receipt)
+        with self._db.write() as conn:
+            row = conn.execute(sql.TAKE_LEASED_JOB, (self.namespace, job_id, token)).fetchone()
+            if row is None:
+                return False
+            queue, envelope_text = row
+            conn.execute(
+                dl_sql.UPSERT_DEAD_LETTER,
+                (self.namespace, job_id, queue, envelope_text, reason, meta_text, self._now_ms()),
+            )
+        return True
+
+    def extend_lease(self, delivery: Delivery, by: Duration) -> bool:
+        """Make the lease end ``by`` seconds from now (not from its old end)."""
+        seconds = to_seconds(by, name="by", allow_zero=False)
+        token, job_id = _split_receipt(_receipt_of(delivery))
+        now = self._now_ms()
+        params = {
+            "until": now + to_ms(seconds),
+            "now": now,
+            "ns": self.namespace,
+            "id": job_id,
+            "token": token,
+        }
+        return self._db.write_one(sql.EXTEND_LEASE, params).rowcount == 1
+
+    def reschedule(self, delivery: Delivery, envelope: Envelope) -> bool:
+        """Settle this delivery and store ``envelope`` (same id) in its place, atomically.
+
+        This is the retry primitive: the new attempt, ``not_before`` and meta replace
+        the old job in one statement, so a crash leaves either the old lease (which
+        expires and is redelivered) or the new job, never neither.
+        """
+        token, job_id = _split_receipt(_receipt_of(delivery))
+        if envelope.id != job_id:
+            raise InvalidArgument(
+                f"reschedule keeps the job id: the envelope id {envelope.id!r} differs from "
+                f"the delivery's {job_id!r}"
+            )
+        params = self._job_params(envelope, self._now_ms())
+        params["token"] = token
+        try:
+            return self._db.write_one(sql.RESCHEDULE_JOB, params).rowcount == 1
+        finally:
+            self._settled(delivery.receipt)
+
+    # -- inspection and administration ----------------------------------------------
+
+    def purge(self, queue: str) -> int:
+        """Delete every job of ``queue`` (ready, delayed and leased); dead letters stay."""
+        name = clean_queue_name(queue)
+        return self._db.write_one(sql.PURGE_QUEUE, (self.namespace, name)).rowcount
+
+    def _count(self, statement: str, queue: str) -> int:
+        name = clean_queue_name(queue)
+        with self._db.read() as conn:
+            return int(
+                conn.execute(statement, (self.namespace, name, self._now_ms())).fetchone()[0]
+            )
+
+    def pending_count(self, queue: str) -> int:
+        """Jobs that a consumer could claim now (expired leases included)."""
+        return self._count(sql.COUNT_PENDING, queue)
+
+    def inflight_count(self, queue: str) -> int:
+        """Jobs whose lease is running."""
+        return self._count(sql.COUNT_INFLIGHT, queue)
+
+    def delayed_count(self, queue: str) -> int:
+        """Jobs waiting for their ``not_before`` time."""
+        return self._count(sql.COUNT_DELAYED, queue)
+
+    def queues(self) -> list[str]:
+        """Queues of this namespace that hold jobs or dead letters."""
+        with self._db.read() as conn:
+            return [row[0] for row in conn.execute(sql.LIST_QUEUES, {"ns": self.namespace})]
+
+    def list_dead_letters(self, queue: str, *, limit: int = 50, offset: int = 0) -> DeadLetterPage:
+        """One page of the queue's dead letters, newest first."""
+        name = clean_queue_name(queue)
+        if limit <= 0:
+            return DeadLetterPage([], None)
+        if offset < 0:
+            raise InvalidArgument(f"offset must be 0 or more, got {offset}")
+        with self._db.read() as conn:
+            rows = conn.execute(
+                dl_sql.LIST_DEAD_LETTERS, (self.namespace, name, 0, limit + 1, offset)
+            ).fetchall()
+        entries = [dead_letter_from_row(row) for row in rows[:limit]]
+        return DeadLetterPage(entries, offset + limit if len(rows) > limit else None)
+
+    def get_dead_letter(self, queue: str, id: str) -> DeadLetterEntry | None:
+        name = clean_queue_name(queue)
+        with self._db.read() as conn:
+            row = conn.execute(dl_sql.GET_DEAD_LETTER, (self.namespace, id, name)).fetchone()
+        return dead_letter_from_row(row) if row else None
+
+    def replay_dead_letters(
+        self,
+        queue: str,
+        *,
+        limit: int = 50,
+        since: datetime | None = None,
+        delay: Duration | None = None,
+        dry_run: bool = False,
+    ) -> ReplayResult:
+        """Put the newest dead letters (up to ``limit``, at most 500) back on their queue.
+
+        ``since`` keeps only entries that died at or after it; ``delay`` makes the
+        replayed jobs wait. An entry whose id is already live again (re-published)
+        stays in the dead-letter store and is not reported as replayed.
+        """
+        name = clean_queue_name(queue)
+        since_ms = datetime_to_ms(require_aware(since, name="since")) if since else 0
+        delay_ms = to_ms(to_seconds(delay, name="delay")) if delay is not None else 0
+        limit = max(1, min(int(limit), MAX_REPLAY))
+        with self._db.read() as conn:
+            rows = conn.execute(
+                dl_sql.LIST_DEAD_LETTERS, (self.namespace, name, since_ms, limit, 0)
+            ).fetchall()
+        entries = [dead_letter_from_row(row) for row in rows]
+        if dry_run or not entries:
+            return ReplayResult(entries, dry_run)
+        now = self._now_ms()
+        replayed: list[DeadLetterEntry] = []
+        with self._db.write() as conn:
+            for entry in entries:
+                envelope = entry.envelope
+                if delay_ms:
+                    envelope = envelope.with_changes(not_before=from_ms(now + delay_ms))
+                params = self._job_params(envelope, now)
+                params["queue"] = name
+                if conn.execute(dl_sql.REINSERT_JOB, params).rowcount == 1:
+                    conn.execute(dl_sql.DELETE_DEAD_LETTER, (self.namespace, envelope.id))
+                    replayed.append(entry)
+        return ReplayResult(replayed, False)
+
+    def purge_dead_letters(
+        self, queue: str, *, since: datetime | None = None, limit: int | None = None
+    ) -> int:
+        """Delete the queue's dead letters that died at or after ``since`` (all when None),
+        the newest ``limit`` of them when a limit is given. Returns how many were deleted."""
+        name = clean_queue_name(queue)
+        since_ms = datetime_to_ms(require_aware(since, name="since")) if since else 0
+        if limit is not None and limit <= 0:
+            return 0
+        params = {
+            "ns": self.namespace,
+            "queue": name,
+            "since": since_ms,
+            "limit": -1 if limit is None else int(limit),
+        }
+        return self._db.write_one(dl_sql.PURGE_DEAD_LETTERS, params).rowcount
+
+    def run_maintenance(self) -> None:
+        """One sweeper pass now: drop dead letters older than the retention period."""
+        if self.dead_letter_retention > 0:
+            cutoff = self._now_ms() - to_ms(self.dead_letter_retention)
+            self._db.write_one(dl_sql.EXPIRE_DEAD_LETTERS, (self.namespace, cutoff))
+
+    # -- life cycle -----------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the sweeper, close every consumer, and release the file. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            consumers = list(self._consumers)
+        self._sweeper.stop()
+        for consumer in consumers:
+            consumer.close()
+        release_database(self._db)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> SqliteBroker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _receipt_of(delivery: Delivery) -> str:
+    if not isinstance(delivery, Delivery):
+        raise InvalidArgument(f"expected a Delivery, got {type(delivery).__name__}")
+    return delivery.receipt
+
+
+def _split_receipt(receipt: str) -> tuple[str, str]:
+    token, sep, job_id = receipt.partition(":")
+    if not sep or not token or not job_id:
+        raise InvalidArgument(f"{receipt!r} is not a receipt issued by a SQLite broker")
+    return token, job_id
+
+
+def _in_flight(job_id: str) -> JobInFlight:
+    return JobInFlight(
+        f"job {job_id!r} is being run by a worker right now (its lease holds); publishing it "
+        "again would run it twice. Wait for it to finish, or publish under a new task id"
+    )

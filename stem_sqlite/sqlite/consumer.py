@@ -1,0 +1,128 @@
+"""A consumer of one queue of a SQLite broker."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from ..model import Delivery
+from ..timeutil import Duration, to_seconds
+
+if TYPE_CHECKING:
+    from .broker import SqliteBroker
+
+
+class SqliteConsumer:
+    """Hands out deliveries of one queue, never holding more than ``prefetch`` unsettled.
+
+    It claims as many jobs as it may hold in one statement and keeps the ones not
+    yet handed out in a buffer. A delivery stays "held" until the broker settles it
+    (ack, nack, dead_letter or reschedule, even a refused one). While it waits it
+    wakes at once for commits made in this process and within the broker's
+    ``change_check_interval`` for commits of other processes; a delayed job is
+    picked up within ``poll_interval`` of its time.
+    """
+
+    def __init__(self, broker: SqliteBroker, queue: str, prefetch: int, name: str) -> None:
+        self.broker = broker
+        self.queue = queue
+        self.prefetch = prefetch
+        self.name = name
+        self._buffer: deque[Delivery] = deque()
+        self._held: set[str] = set()
+        self._state = threading.Condition()
+        self._closed = False
+
+    @property
+    def held(self) -> int:
+        """Deliveries claimed and not yet settled (handed out or buffered)."""
+        with self._state:
+            return len(self._held) + len(self._buffer)
+
+    def receive(self, timeout: Duration | None = None) -> Delivery | None:
+        """The next delivery, waiting up to ``timeout`` seconds (forever when None).
+
+        Returns None when the timeout passes or the consumer is closed.
+        """
+        wait = None if timeout is None else to_seconds(timeout, name="timeout")
+        deadline = None if wait is None else time.monotonic() + wait
+        db = self.broker.database
+        while True:
+            with self._state:
+                if self._closed:
+                    return None
+                if self._buffer:
+                    delivery = self._buffer.popleft()
+                    self._held.add(delivery.receipt)
+                    return delivery
+                room = self.prefetch - len(self._held)
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if room <= 0:
+                # Full: wait for one of ours to be settled.
+                with self._state:
+                    if len(self._held) >= self.prefetch and not self._closed:
+                        if remaining is not None and remaining <= 0:
+                            return None
+                        self._state.wait(
+                            self.broker.poll_interval
+                            if remaining is None
+                            else min(remaining, self.broker.poll_interval)
+                        )
+                continue
+            mark = db.mark()  # before the claim, so a commit right after it is not missed
+            claimed = self.broker._claim(self.queue, room, self)
+            if claimed:
+                with self._state:
+                    if self._closed:
+                        late = [d.receipt for d in claimed]
+                    else:
+                        self._buffer.extend(claimed)
+                        continue
+                self.broker._release_receipts(late)
+                return None
+            if remaining is not None and remaining <= 0:
+                return None
+            step = (
+                self.broker.poll_interval
+                if remaining is None
+                else min(remaining, self.broker.poll_interval)
+            )
+            db.wait_for_change(mark, step, self.broker.change_check_interval)
+
+    def __iter__(self) -> Iterator[Delivery]:
+        while True:
+            delivery = self.receive()
+            if delivery is None:
+                return
+            yield delivery
+
+    def _settled(self, receipt: str) -> None:
+        with self._state:
+            self._held.discard(receipt)
+            self._state.notify_all()
+
+    def close(self) -> None:
+        """Stop consuming; jobs claimed but never handed out become visible again at once.
+
+        Deliveries already handed out stay leased by their holder, who settles them.
+        """
+        with self._state:
+            if self._closed:
+                return
+            self._closed = True
+            unsent = [delivery.receipt for delivery in self._buffer]
+            self._buffer.clear()
+            self._state.notify_all()
+        if unsent and not self.broker.database.closed:
+            self.broker._release_receipts(unsent)
+        self.broker._forget_consumer(self)
+        self.broker.database.notify_change()  # wake a receive() blocked on the file
+
+    def __enter__(self) -> SqliteConsumer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,109 @@
+"""SQL of the result backend. Each statement names the index that serves it."""
+
+# Replace the whole record (the TTL restarts). revision counts writes so that
+# watchers can tell a new write from one they have already seen.
+# Served by the primary key (namespace, id).
+UPSERT_STATUS = """
+INSERT INTO stem_task_results (namespace, id, state, queue, payload, error, attempt, meta,
+                               revision, created_at, updated_at, expires_at)
+VALUES (:ns, :id, :state, :queue, :payload, :error, :attempt, :meta, 1, :now, :now, :expires_at)
+ON CONFLICT (namespace, id) DO UPDATE SET
+    state = excluded.state, queue = excluded.queue, payload = excluded.payload,
+    error = excluded.error, attempt = excluded.attempt, meta = excluded.meta,
+    revision = stem_task_results.revision + 1,
+    created_at = CASE WHEN stem_task_results.expires_at <= excluded.updated_at
+                      THEN excluded.created_at ELSE stem_task_results.created_at END,
+    updated_at = excluded.updated_at, expires_at = excluded.expires_at
+"""
+
+# A "queued" write never replaces a live record in another state: the worker may
+# already have written running or a result for this very task.
+UPSERT_QUEUED_SUFFIX = """
+WHERE stem_task_results.state = 'queued' OR stem_task_results.expires_at <= excluded.updated_at
+"""
+
+STATUS_COLUMNS = "id, state, payload, error, attempt, meta, revision, created_at, updated_at"
+
+GET_STATUS = f"""
+SELECT {STATUS_COLUMNS} FROM stem_task_results
+WHERE namespace = ? AND id = ? AND expires_at > ?
+"""
+
+EXPIRE_STATUS = """
+UPDATE stem_task_results SET expires_at = ? WHERE namespace = ? AND id = ?
+"""
+
+UPSERT_GROUP = """
+INSERT INTO stem_groups (namespace, id, expected, meta, chord_claimed, created_at, updated_at,
+                         expires_at)
+VALUES (?, ?, ?, ?, 0, ?, ?, ?)
+ON CONFLICT (namespace, id) DO UPDATE SET
+    expected = excluded.expected, meta = excluded.meta, chord_claimed = 0,
+    created_at = excluded.created_at, updated_at = excluded.updated_at,
+    expires_at = excluded.expires_at
+"""
+
+GET_GROUP = """
+SELECT expected, meta FROM stem_groups WHERE namespace = ? AND id = ? AND expires_at > ?
+"""
+
+DELETE_GROUP_RESULTS = "DELETE FROM stem_group_results WHERE namespace = ? AND group_id = ?"
+
+UPSERT_GROUP_RESULT = """
+INSERT INTO stem_group_results (namespace, group_id, task_id, position, state, payload, error,
+                                attempt, meta, created_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (namespace, group_id, task_id) DO UPDATE SET
+    position = excluded.position, state = excluded.state, payload = excluded.payload,
+    error = excluded.error, attempt = excluded.attempt, meta = excluded.meta
+"""
+
+# Member order: the position given by the canvas, then arrival. Primary key prefix.
+LIST_GROUP_RESULTS = """
+SELECT task_id, state, payload, error, attempt, meta FROM stem_group_results
+WHERE namespace = ? AND group_id = ?
+ORDER BY position IS NULL, position, created_at, task_id
+"""
+
+# Exactly one caller wins: the update is conditional on the dedicated column.
+CLAIM_CHORD = """
+UPDATE stem_groups
+SET chord_claimed = 1, updated_at = :now,
+    meta = json_set(meta, '$."stem.chord.claimed"', json('true'),
+                    '$."stem.chord.callbackTaskId"', :callback,
+                    '$."stem.chord.dispatchedAt"', :dispatched_at)
+WHERE namespace = :ns AND id = :id AND chord_claimed = 0 AND expires_at > :now
+"""
+
+UPSERT_HEARTBEAT = """
+INSERT INTO stem_worker_heartbeats (namespace, worker_id, timestamp, inflight, queues,
+    concurrency, last_lease_renewal, version, extras, expires_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (namespace, worker_id) DO UPDATE SET
+    timestamp = excluded.timestamp, inflight = excluded.inflight, queues = excluded.queues,
+    concurrency = excluded.concurrency, last_lease_renewal = excluded.last_lease_renewal,
+    version = excluded.version, extras = excluded.extras, expires_at = excluded.expires_at
+"""
+
+HEARTBEAT_COLUMNS = (
+    "worker_id, timestamp, inflight, queues, concurrency, last_lease_renewal, version, extras"
+)
+
+GET_HEARTBEAT = f"""
+SELECT {HEARTBEAT_COLUMNS} FROM stem_worker_heartbeats
+WHERE namespace = ? AND worker_id = ? AND expires_at > ?
+"""
+
+LIST_HEARTBEATS = f"""
+SELECT {HEARTBEAT_COLUMNS} FROM stem_worker_heartbeats
+WHERE namespace = ? AND expires_at > ? ORDER BY worker_id
+"""
+
+# Cleanup uses the expiry indexes.
+CLEANUP = [
+    "DELETE FROM stem_task_results WHERE expires_at <= :now",
+    """DELETE FROM stem_group_results WHERE (namespace, group_id) IN
+       (SELECT namespace, id FROM stem_groups WHERE expires_at <= :now)""",
+    "DELETE FROM stem_groups WHERE expires_at <= :now",
+    "DELETE FROM stem_worker_heartbeats WHERE expires_at <= :now",
+]

@@ -1,0 +1,47 @@
+"""Turning stored rows back into model objects, tolerating rows that were damaged."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..model import DeadLetterEntry, Envelope
+from ..timeutil import from_ms
+
+
+def decode_envelope(text: str) -> Envelope:
+    """Decode a stored envelope; raises ``ValueError``/``KeyError``/``TypeError`` if damaged."""
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError("stored envelope is not a JSON object")
+    return Envelope.from_dict(data)
+
+
+def salvage_envelope(job_id: str, queue: str, text: str) -> Envelope:
+    """Best-effort envelope for a damaged row, so it can still be listed and inspected."""
+    try:
+        return decode_envelope(text)
+    except Exception:  # noqa: BLE001 - any damage at all gets the same fallback
+        pass
+    name = "unknown"
+    try:
+        data = json.loads(text)
+        if isinstance(data, dict) and isinstance(data.get("name"), str) and data["name"].strip():
+            name = data["name"]
+    except Exception:  # noqa: BLE001
+        pass
+    return Envelope(name=name, id=job_id, queue=queue, meta={"stem.rawEnvelope": text[:2000]})
+
+
+def dead_letter_from_row(row: tuple[Any, ...]) -> DeadLetterEntry:
+    job_id, queue, envelope_text, reason, meta_text, dead_at = row
+    try:
+        meta = json.loads(meta_text) if meta_text else {}
+    except ValueError:
+        meta = {}
+    return DeadLetterEntry(
+        envelope=salvage_envelope(job_id, queue, envelope_text),
+        reason=reason,
+        meta=meta if isinstance(meta, dict) else {},
+        dead_at=from_ms(dead_at),
+    )
