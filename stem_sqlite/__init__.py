@@ -1,5 +1,7 @@
 """stem-sqlite: Celery-style background tasks on SQLite, with no infrastructure."""
 
+from .app import Stem, Task
+from .context import TaskContext
 from .contracts import Broker, Consumer, ResultBackend
 from .errors import (
     ConfigurationError,
@@ -9,10 +11,16 @@ from .errors import (
     JobInFlight,
     NotAStemDatabase,
     ResultTimeout,
+    Retry,
     SchemaTooNew,
+    SoftTimeLimitExceeded,
     StemError,
     StorageError,
+    TaskCancelled,
+    TaskFailed,
     TaskNotRegistered,
+    TaskRevoked,
+    TimeLimitExceeded,
     UnsupportedOperation,
 )
 from .model import (
@@ -30,12 +38,30 @@ from .model import (
     TaskStatusRecord,
     WorkerHeartbeat,
 )
+from .options import EnqueueOptions, RetryPolicy
 from .paths import DatabasePaths, resolve_paths
+from .result import AsyncResult
+from .signature import Signature
 from .sqlite import SqliteBroker, SqliteResultBackend
+from .worker import Worker
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncResult",
+    "EnqueueOptions",
+    "Retry",
+    "RetryPolicy",
+    "Signature",
+    "SoftTimeLimitExceeded",
+    "Stem",
+    "Task",
+    "TaskCancelled",
+    "TaskContext",
+    "TaskFailed",
+    "TaskRevoked",
+    "TimeLimitExceeded",
+    "Worker",
     "Broker",
     "ConfigurationError",
     "Consumer",

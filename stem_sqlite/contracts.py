@@ -126,7 +126,8 @@ class ResultBackend(Protocol):
         attempt: int = 0,
         meta: dict[str, Any] | None = None,
         ttl: Duration | None = None,
-    ) -> None: ...
+        owner: str | None = None,
+    ) -> bool: ...
 
     def get(self, task_id: str) -> TaskStatus | None: ...
 

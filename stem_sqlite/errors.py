@@ -58,3 +58,54 @@ class TaskNotRegistered(StemError, KeyError):
 
 class ResultTimeout(StemError, TimeoutError):
     """Waiting for a task's result took longer than the timeout."""
+
+
+class TaskFailed(StemError):
+    """Raised by ``AsyncResult.get()`` when the task failed; ``.error`` holds its TaskError."""
+
+    def __init__(self, task_id: str, error: object) -> None:
+        self.task_id = task_id
+        self.error = error
+        kind = getattr(error, "type", "Error")
+        message = getattr(error, "message", "")
+        super().__init__(f"task {task_id} failed: {kind}: {message}")
+
+
+class TaskCancelled(TaskFailed):
+    """Raised by ``AsyncResult.get()`` when the task was cancelled (e.g. it expired)."""
+
+
+class SoftTimeLimitExceeded(Exception):
+    """Raised inside a task when its soft time limit passes, so it can clean up."""
+
+
+class TimeLimitExceeded(Exception):
+    """The task ran past its hard time limit and was stopped."""
+
+
+class TaskRevoked(Exception):
+    """Raised inside a task that the worker asked to stop (soft shutdown)."""
+
+
+class Retry(Exception):
+    """Raised by ``ctx.retry()``: ends this attempt and schedules another one."""
+
+    def __init__(
+        self,
+        *,
+        countdown: float | None = None,
+        eta: object = None,
+        retry_policy: object = None,
+        max_retries: int | None = None,
+        time_limit: float | None = None,
+        soft_time_limit: float | None = None,
+        exc: BaseException | None = None,
+    ) -> None:
+        self.countdown = countdown
+        self.eta = eta
+        self.retry_policy = retry_policy
+        self.max_retries = max_retries
+        self.time_limit = time_limit
+        self.soft_time_limit = soft_time_limit
+        self.exc = exc
+        super().__init__("retry requested" + (f" after {exc!r}" if exc else ""))

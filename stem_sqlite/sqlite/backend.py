@@ -128,7 +128,7 @@ class SqliteResultBackend(StatusQueries):
     def _now_ms(self) -> int:
         return to_ms(self.clock.now())
 
-    # -- task statuses -----------------------------------------------------------------
+    # -- task statuses ----------
 
     def set(
         self,
@@ -140,11 +140,16 @@ class SqliteResultBackend(StatusQueries):
         attempt: int = 0,
         meta: dict[str, Any] | None = None,
         ttl: Duration | None = None,
-    ) -> None:
-        """Replace the task's whole record; its TTL restarts.
+        owner: str | None = None,
+    ) -> bool:
+        """Replace the task's whole record; its TTL restarts. Returns whether it was written.
 
         A ``queued`` write never replaces a live record in another state (a fast
-        worker may already have written ``running`` or the result).
+        worker may already have written ``running`` or the result). ``owner`` fences
+        a worker's writes by its lease: ``running`` with an owner always takes the
+        record over; any other state with an owner is written only while the record
+        has no owner or the same one, so a worker whose lease was taken over cannot
+        overwrite the newer run's status.
         """
         _check_id(task_id, "task_id")
         task_state = coerce_state(state)
@@ -166,15 +171,20 @@ class SqliteResultBackend(StatusQueries):
             "meta": dumps(meta, where="meta"),
             "now": now,
             "expires_at": now + to_ms(life),
+            "owner": owner,
         }
         statement = sql.UPSERT_STATUS
         if task_state is TaskState.QUEUED:
             statement += sql.UPSERT_QUEUED_SUFFIX
+        elif owner is not None and task_state is not TaskState.RUNNING:
+            statement += sql.UPSERT_OWNED_SUFFIX
         statement += " RETURNING revision"
         row = self._db.write_one(statement, params).fetchone()
-        if row is not None:
-            status = TaskStatus(task_id, task_state, payload, error, attempt, meta)
-            self._push(task_id, int(row[0]), status)
+        if row is None:
+            return False
+        status = TaskStatus(task_id, task_state, payload, error, attempt, meta)
+        self._push(task_id, int(row[0]), status)
+        return True
 
     def get(self, task_id: str) -> TaskStatus | None:
         """The task's status, or None when there is none or it has expired."""
@@ -274,7 +284,7 @@ class SqliteResultBackend(StatusQueries):
             sql.EXPIRE_STATUS, (self._now_ms() + to_ms(life), self.namespace, task_id)
         )
 
-    # -- heartbeats ---------------------------------------------------------------------
+    # -- heartbeats ----------
 
     def set_worker_heartbeat(self, heartbeat: WorkerHeartbeat) -> None:
         """Store the worker's heartbeat; it expires ``heartbeat_ttl`` from now."""
@@ -312,7 +322,7 @@ class SqliteResultBackend(StatusQueries):
             rows = conn.execute(sql.LIST_HEARTBEATS, (self.namespace, self._now_ms())).fetchall()
         return [_heartbeat_from_row(row) for row in rows]
 
-    # -- groups and chords -----------------------------------------------------------------
+    # -- groups and chords ----------
 
     def init_group(self, descriptor: GroupDescriptor) -> None:
         """Create (or reset: its results are deleted) a group expecting ``expected`` members."""
@@ -419,7 +429,7 @@ class SqliteResultBackend(StatusQueries):
         }
         return self._db.write_one(sql.CLAIM_CHORD, params).rowcount == 1
 
-    # -- maintenance -------------------------------------------------------------------------
+    # -- maintenance ----------
 
     def run_cleanup(self) -> int:
         """Delete expired statuses, groups (with their results) and heartbeats now.

@@ -122,6 +122,7 @@ class SqliteBroker:
             ("poll_interval", poll_interval, False),
             ("sweeper_interval", sweeper_interval, True),
             ("dead_letter_retention", dead_letter_retention, True),
+            ("change_check_interval", change_check_interval, False),
         ):
             to_seconds(value, name=name, allow_zero=zero_ok)
         clean_namespace(namespace)
@@ -152,7 +153,7 @@ class SqliteBroker:
     def _now_ms(self) -> int:
         return to_ms(self.clock.now())
 
-    # -- publishing ---------------------------------------------------------------
+    # -- publishing ----------
 
     def _job_params(self, envelope: Envelope, now: int) -> dict[str, Any]:
         envelope.check_json()
@@ -222,7 +223,7 @@ class SqliteBroker:
                 )
                 raise _in_flight(blocked)
 
-    # -- consuming -----------------------------------------------------------------
+    # -- consuming ----------
 
     def consume(
         self,
@@ -315,7 +316,7 @@ class SqliteBroker:
         for receipt in receipts:
             self._settled(receipt)
 
-    # -- settling a delivery --------------------------------------------------------
+    # -- settling a delivery ----------
 
     def ack(self, delivery: Delivery) -> bool:
         """Delete the job if this receipt still holds it; False (and no change) otherwise."""
@@ -400,7 +401,7 @@ class SqliteBroker:
         finally:
             self._settled(delivery.receipt)
 
-    # -- inspection and administration ----------------------------------------------
+    # -- inspection and administration ----------
 
     def purge(self, queue: str) -> int:
         """Delete every job of ``queue`` (ready, delayed and leased); dead letters stay."""
@@ -514,7 +515,7 @@ class SqliteBroker:
             cutoff = self._now_ms() - to_ms(self.dead_letter_retention)
             self._db.write_one(dl_sql.EXPIRE_DEAD_LETTERS, (self.namespace, cutoff))
 
-    # -- life cycle -----------------------------------------------------------------
+    # -- life cycle ----------
 
     def close(self) -> None:
         """Stop the sweeper, close every consumer, and release the file. Idempotent."""

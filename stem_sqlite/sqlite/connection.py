@@ -79,7 +79,7 @@ class Database:
         self.listeners: dict[str, set[Any]] = {}
         self.listeners_lock = threading.Lock()
 
-    # -- access -----------------------------------------------------------------
+    # -- access ----------
 
     @contextlib.contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
@@ -135,7 +135,7 @@ class Database:
         if self.closed:
             raise StemError(f"the {self.role.name} database {self.path} is closed")
 
-    # -- change notification -------------------------------------------------------
+    # -- change notification ----------
 
     def notify_change(self) -> None:
         """Wake every thread of this process that waits for a change of this file."""
@@ -175,7 +175,7 @@ class Database:
             if self.data_version() != mark.data_version:
                 return True
 
-    # -- life cycle ------------------------------------------------------------------
+    # -- life cycle ----------
 
     def _retain(self) -> None:
         self._users += 1
@@ -229,6 +229,9 @@ def open_database(
         if existing is not None and not existing.closed:
             if existing.role is not role:
                 raise same_file_error(resolved)
+            if sync == "FULL":  # the stronger setting wins for the shared connection
+                with existing.read() as conn:
+                    conn.execute("PRAGMA synchronous = FULL")
             existing._retain()
             return existing
         conn = _connect(resolved, role, sync)

@@ -5,12 +5,13 @@
 # Served by the primary key (namespace, id).
 UPSERT_STATUS = """
 INSERT INTO stem_task_results (namespace, id, state, queue, payload, error, attempt, meta,
-                               revision, created_at, updated_at, expires_at)
-VALUES (:ns, :id, :state, :queue, :payload, :error, :attempt, :meta, 1, :now, :now, :expires_at)
+                               revision, owner, created_at, updated_at, expires_at)
+VALUES (:ns, :id, :state, :queue, :payload, :error, :attempt, :meta, 1, :owner, :now, :now,
+        :expires_at)
 ON CONFLICT (namespace, id) DO UPDATE SET
     state = excluded.state, queue = excluded.queue, payload = excluded.payload,
     error = excluded.error, attempt = excluded.attempt, meta = excluded.meta,
-    revision = stem_task_results.revision + 1,
+    revision = stem_task_results.revision + 1, owner = excluded.owner,
     created_at = CASE WHEN stem_task_results.expires_at <= excluded.updated_at
                       THEN excluded.created_at ELSE stem_task_results.created_at END,
     updated_at = excluded.updated_at, expires_at = excluded.expires_at
@@ -20,6 +21,14 @@ ON CONFLICT (namespace, id) DO UPDATE SET
 # already have written running or a result for this very task.
 UPSERT_QUEUED_SUFFIX = """
 WHERE stem_task_results.state = 'queued' OR stem_task_results.expires_at <= excluded.updated_at
+"""
+
+# A write by the holder of one lease (``owner``) that reports an outcome never replaces
+# a record that another lease has taken over: a worker that lost its lease while
+# paused must not overwrite the newer run's status.
+UPSERT_OWNED_SUFFIX = """
+WHERE stem_task_results.owner IS NULL OR stem_task_results.owner = excluded.owner
+   OR stem_task_results.expires_at <= excluded.updated_at
 """
 
 STATUS_COLUMNS = "id, state, payload, error, attempt, meta, revision, created_at, updated_at"

@@ -71,6 +71,7 @@ BACKEND_MIGRATIONS: list[list[str]] = [
             attempt INTEGER NOT NULL DEFAULT 0,
             meta TEXT NOT NULL DEFAULT '{}',
             revision INTEGER NOT NULL DEFAULT 1,
+            owner TEXT,
             created_at INTEGER NOT NULL,
             updated_at INTEGER NOT NULL,
             expires_at INTEGER NOT NULL,

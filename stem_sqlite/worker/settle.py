@@ -1,0 +1,314 @@
+"""Settling an attempt: store its status while the lease holds, then ack, reschedule or
+dead-letter the job, then tell the group and dispatch links. Engine-agnostic."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from ..model import Envelope, TaskError, TaskState, TaskStatus
+from ..options import (
+    HEADER_GROUP_ID,
+    META_LINK,
+    META_LINK_ERROR,
+    META_RETRY_POLICY,
+    META_SOFT_TIME_LIMIT_MS,
+    META_TIME_LIMIT_MS,
+    EnqueueOptions,
+    RetryPolicy,
+)
+from ..producer import build_envelope
+from ..retry import retry_delay
+from ..signature import Signature
+from ..timeutil import iso, parse_iso, utcnow
+from .execution import Execution
+from .outcome import Outcome
+
+if TYPE_CHECKING:
+    from .worker import Worker
+
+log = logging.getLogger("stem_sqlite.worker")
+
+
+def resolve_policy(envelope: Envelope, task_policy: RetryPolicy | None) -> RetryPolicy | None:
+    """The envelope's stored policy (set at enqueue or by a retry), else the task's."""
+    stored = envelope.meta.get(META_RETRY_POLICY)
+    if isinstance(stored, dict):
+        try:
+            return RetryPolicy.from_dict(stored)
+        except Exception:  # noqa: BLE001 - a damaged policy falls back to the task's
+            log.warning("task %s has an unreadable retry policy; using the task's", envelope.id)
+    return task_policy
+
+
+class Settler:
+    """The end of every attempt, for one worker."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    @property
+    def backend(self) -> Any:
+        return self.worker.app.backend
+
+    @property
+    def broker(self) -> Any:
+        return self.worker.app.broker
+
+    def _meta(self, execution: Execution, **extra: Any) -> dict[str, Any]:
+        return {**execution.running_meta, **extra}
+
+    def settle(self, execution: Execution, outcome: Outcome) -> str:
+        """Apply the outcome; returns the state it ended in (for the log line)."""
+        if outcome.kind == "success":
+            return self._succeed(execution, outcome.value)
+        if outcome.kind == "revoked":
+            # Interrupted by a soft shutdown: the job goes back for another worker.
+            self.broker.nack(execution.delivery, requeue=True)
+            return "released"
+        if outcome.kind == "retry":
+            return self._explicit_retry(execution, outcome)
+        return self._fail_or_retry(execution, outcome)
+
+    # -- success ----------
+
+    def _succeed(self, execution: Execution, value: Any) -> str:
+        envelope = execution.envelope
+        payload = None if execution.running_meta.get("stem.ignoreResult") else value
+        status_meta = self._meta(execution, completedAt=iso(utcnow(self.worker.app.clock)))
+        written = self.backend.set(
+            envelope.id,
+            TaskState.SUCCEEDED,
+            payload=payload,
+            attempt=envelope.attempt,
+            meta=status_meta,
+            owner=execution.owner,
+        )
+        if not self.broker.ack(execution.delivery) or not written:
+            return self._lost(execution)
+        status = TaskStatus(
+            envelope.id, TaskState.SUCCEEDED, payload, None, envelope.attempt, status_meta
+        )
+        self._group_result(envelope, status)
+        self._dispatch_links(envelope, META_LINK)
+        return "succeeded"
+
+    def _lost(self, execution: Execution) -> str:
+        log.warning(
+            "task %s[%s]: its lease was taken over by another worker; this run's outcome "
+            "was discarded",
+            execution.envelope.name,
+            execution.envelope.id,
+        )
+        return "lost"
+
+    # -- failure and retries ----------
+
+    def _fail_or_retry(self, execution: Execution, outcome: Outcome) -> str:
+        envelope = execution.envelope
+        policy = resolve_policy(envelope, execution.task.retry_policy)
+        max_retries = (
+            policy.max_retries
+            if policy and policy.max_retries is not None
+            else (envelope.max_retries)
+        )
+        error = outcome.error or TaskError("Exception", "unknown error")
+        filtered = not outcome.retryable or not _allowed(outcome, policy)
+        if not filtered and envelope.attempt < max_retries:
+            delay = retry_delay(envelope.attempt, policy, self.worker.rng)
+            return self._retry(execution, delay, max_retries, error, {})
+        reason = (
+            "not-retryable"
+            if filtered and envelope.attempt < max_retries
+            else ("max-retries-exhausted")
+        )
+        return self._fail(execution, error, reason)
+
+    def _explicit_retry(self, execution: Execution, outcome: Outcome) -> str:
+        envelope = execution.envelope
+        request = outcome.retry
+        stored = request.get("retry_policy")
+        policy = (
+            RetryPolicy.from_dict(stored)
+            if isinstance(stored, dict)
+            else resolve_policy(envelope, execution.task.retry_policy)
+        )
+        max_retries = next(
+            value
+            for value in (
+                request.get("max_retries"),
+                policy.max_retries if policy else None,
+                envelope.max_retries,
+            )
+            if value is not None
+        )
+        if envelope.attempt >= max_retries:
+            cause = request.get("exc")
+            error = (
+                TaskError.from_dict(cause)
+                if cause
+                else TaskError(
+                    "RetryExhausted", f"retry requested, but all {max_retries} retries are used"
+                )
+            )
+            return self._fail(execution, error, "max-retries-exhausted", retryExhausted=True)
+        now = utcnow(self.worker.app.clock)
+        if request.get("eta"):
+            delay = max(0.0, (parse_iso(request["eta"]) - now).total_seconds())
+        elif request.get("countdown") is not None:
+            delay = float(request["countdown"])
+        else:
+            delay = retry_delay(envelope.attempt, policy, self.worker.rng)
+        overrides: dict[str, Any] = {}
+        if request.get("time_limit") is not None:
+            overrides[META_TIME_LIMIT_MS] = round(request["time_limit"] * 1000)
+        if request.get("soft_time_limit") is not None:
+            overrides[META_SOFT_TIME_LIMIT_MS] = round(request["soft_time_limit"] * 1000)
+        if isinstance(stored, dict):
+            overrides[META_RETRY_POLICY] = stored
+        error = TaskError("RetryRequested", "the task asked to be retried", retryable=True)
+        return self._retry(execution, delay, max_retries, error, overrides)
+
+    def _retry(
+        self,
+        execution: Execution,
+        delay: float,
+        max_retries: int,
+        error: TaskError,
+        meta_overrides: dict[str, Any],
+    ) -> str:
+        envelope = execution.envelope
+        now = utcnow(self.worker.app.clock)
+        retry_envelope = envelope.with_changes(
+            attempt=envelope.attempt + 1,
+            max_retries=max_retries,
+            not_before=now + timedelta(seconds=delay),
+            meta={**envelope.meta, **meta_overrides},
+        )
+        self.backend.set(
+            envelope.id,
+            TaskState.RETRIED,
+            error=TaskError(error.type, error.message, error.traceback, True, error.meta),
+            attempt=envelope.attempt,
+            meta=self._meta(execution, retryDelayMs=round(delay * 1000)),
+            owner=execution.owner,
+        )
+        if not self.broker.reschedule(execution.delivery, retry_envelope):
+            return self._lost(execution)
+        return "retried"
+
+    def _fail(self, execution: Execution, error: TaskError, reason: str, **extra: Any) -> str:
+        envelope = execution.envelope
+        final = TaskError(error.type, error.message, error.traceback, False, error.meta)
+        status_meta = self._meta(execution, failedAt=iso(utcnow(self.worker.app.clock)), **extra)
+        written = self.backend.set(
+            envelope.id,
+            TaskState.FAILED,
+            error=final,
+            attempt=envelope.attempt,
+            meta=status_meta,
+            owner=execution.owner,
+        )
+        dead = self.broker.dead_letter(
+            execution.delivery, reason=reason, meta={"error": f"{final.type}: {final.message}"}
+        )
+        if not dead or not written:
+            return self._lost(execution)
+        status = TaskStatus(
+            envelope.id, TaskState.FAILED, None, final, envelope.attempt, status_meta
+        )
+        self._group_result(envelope, status)
+        self._dispatch_links(envelope, META_LINK_ERROR)
+        return "failed"
+
+    # -- terminal states decided before the body runs ----------
+
+    def cancel_expired(self, envelope: Envelope, delivery: Any, expired_at: str) -> None:
+        error = TaskError("TaskExpired", f"task expired at {expired_at} before it could run")
+        meta = {
+            **envelope.meta,
+            "queue": envelope.queue,
+            "stem.expired": True,
+            "expiredAt": iso(utcnow(self.worker.app.clock)),
+        }
+        self.backend.set(
+            envelope.id,
+            TaskState.CANCELLED,
+            error=error,
+            attempt=envelope.attempt,
+            meta=meta,
+            owner=delivery.receipt,
+        )
+        if self.broker.ack(delivery):
+            self._group_result(
+                envelope,
+                TaskStatus(envelope.id, TaskState.CANCELLED, None, error, envelope.attempt, meta),
+            )
+
+    def fail_poisoned(self, envelope: Envelope, delivery: Any) -> None:
+        """A job that keeps coming back without ever being settled (its worker died each
+        time): stop the loop, fail it and keep it in the dead-letter store."""
+        error = TaskError(
+            "WorkerLostError",
+            f"the job was delivered {delivery.delivery_count} times without finishing; "
+            "each worker that ran it stopped (crash, kill or lost lease)",
+        )
+        meta = {**envelope.meta, "queue": envelope.queue}
+        self.backend.set(
+            envelope.id,
+            TaskState.FAILED,
+            error=error,
+            attempt=envelope.attempt,
+            meta=meta,
+            owner=delivery.receipt,
+        )
+        if self.broker.dead_letter(
+            delivery, reason="delivery-limit-exceeded", meta={"error": error.message}
+        ):
+            self._group_result(
+                envelope,
+                TaskStatus(envelope.id, TaskState.FAILED, None, error, envelope.attempt, meta),
+            )
+
+    # -- groups and links ----------
+
+    def _group_result(self, envelope: Envelope, status: TaskStatus) -> None:
+        group_id = envelope.headers.get(HEADER_GROUP_ID)
+        if not group_id:
+            return
+        group = self.backend.add_group_result(str(group_id), status)
+        hook = self.worker.on_group_result
+        if group is not None and hook is not None:
+            hook(envelope, group)
+
+    def _dispatch_links(self, envelope: Envelope, key: str) -> None:
+        for item in envelope.meta.get(key) or ():
+            try:
+                signature = Signature.from_dict(item)
+                options: EnqueueOptions = signature.enqueue_options()
+                link_envelope = build_envelope(
+                    signature.name,
+                    signature.args,
+                    signature.kwargs,
+                    options,
+                    task_defaults=self.worker.app.tasks.get(signature.name),
+                    parent=envelope,
+                    clock=self.worker.app.clock,
+                )
+                self.worker.app.publish(link_envelope, options)
+            except Exception:
+                log.exception("could not dispatch the %s callback of task %s", key, envelope.id)
+
+
+def _allowed(outcome: Outcome, policy: RetryPolicy | None) -> bool:
+    """The policy's exception filters, applied to the names the outcome carries."""
+    if policy is None:
+        return True
+    names = set(outcome.exc_names)
+    if names & set(policy.dont_auto_retry_for):
+        return False
+    return not policy.auto_retry_for or bool(names & set(policy.auto_retry_for))
+
+
+__all__ = ["Settler", "resolve_policy"]
