@@ -427,6 +427,16 @@ class SqliteBroker:
         """Jobs waiting for their ``not_before`` time."""
         return self._count(sql.COUNT_DELAYED, queue)
 
+    def dead_letter_count(self, queue: str) -> int:
+        """How many dead letters the queue holds."""
+        name = clean_queue_name(queue)
+        with self._db.read() as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM stem_dead_letters WHERE namespace = ? AND queue = ?",
+                (self.namespace, name),
+            ).fetchone()
+        return int(row[0])
+
     def queues(self) -> list[str]:
         """Queues of this namespace that hold jobs or dead letters."""
         with self._db.read() as conn:

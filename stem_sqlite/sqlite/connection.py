@@ -262,6 +262,49 @@ def same_file_error(path: Path) -> ConfigurationError:
     )
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def preflight(path: str | os.PathLike[str], role: Role) -> Path:
+    """Check, without creating or changing anything, that ``path`` can hold ``role``.
+
+    Lets a tool refuse a bad second path before it creates the first file.
+    """
+    if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
+        raise ConfigurationError(
+            f"the {role.name} path must be a file path, got {path!r}; set {role.env_hint}"
+        )
+    resolved = Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
+    if resolved.is_dir():
+        raise StorageError(
+            f"the {role.name} path {resolved} is a folder; give a file path inside it, "
+            f"e.g. {resolved / 'stem.sqlite'}"
+        )
+    if resolved.exists():
+        if not os.access(resolved, os.R_OK | os.W_OK):
+            raise StorageError(
+                f"the {role.name} database {resolved} is not readable and writable by this "
+                "user; fix its permissions or choose another path"
+            )
+        with open(resolved, "rb") as handle:
+            header = handle.read(len(SQLITE_HEADER))
+        if header and header != SQLITE_HEADER:
+            raise NotAStemDatabase(
+                f"{resolved} is not a SQLite database; give the {role.name} a new file path "
+                f"(set {role.env_hint}) or move that file away"
+            )
+        return resolved
+    ancestor = resolved.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise StorageError(
+            f"cannot create the {role.name} database {resolved}: {ancestor} is not a writable "
+            f"folder; choose a writable location (set {role.env_hint})"
+        )
+    return resolved
+
+
 def prepare_path(path: str | os.PathLike[str], role: Role) -> Path:
     """Check the path, create its folder and (owner-only) the file; return it absolute."""
     if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
@@ -314,7 +357,10 @@ def _connect(path: Path, role: Role, synchronous: str) -> sqlite3.Connection:
         _check_identity(conn, path, role)
         _retry_busy(lambda: _enable_wal(conn, path))
         conn.execute(f"PRAGMA synchronous = {synchronous}")
-        _retry_busy(lambda: _migrate(conn, path, role))
+        # A current file is only read: readers (stem-enqueue --wait, stem health)
+        # never take the write lock just by opening it.
+        if not _is_current(conn, role):
+            _retry_busy(lambda: _migrate(conn, path, role))
     except BaseException as exc:
         conn.close()
         if isinstance(exc, sqlite3.Error):
@@ -352,6 +398,12 @@ def _check_identity(conn: sqlite3.Connection, path: Path, role: Role) -> None:
             f"{path} is a SQLite database of another application; stem-sqlite will not add "
             f"tables to it. Give the {role.name} its own file (set {role.env_hint})"
         )
+
+
+def _is_current(conn: sqlite3.Connection, role: Role) -> bool:
+    app_id = int(conn.execute("PRAGMA application_id").fetchone()[0])
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    return app_id == role.application_id and version == len(role.migrations)
 
 
 def _enable_wal(conn: sqlite3.Connection, path: Path) -> None:

@@ -1,0 +1,3 @@
+from .admin import main_entry
+
+main_entry()
