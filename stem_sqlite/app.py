@@ -9,7 +9,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, overload
 
 from .contracts import Broker, ResultBackend
 from .errors import ConfigurationError, DatabaseBusy, InvalidArgument, TaskNotRegistered
@@ -250,9 +250,17 @@ class Stem:
 
     # -- registry ----------
 
+    @overload
+    def task(self, fn: Callable[..., Any], /) -> Task: ...
+
+    @overload
+    def task(
+        self, fn: None = None, /, *, name: str | None = None, **options: Any
+    ) -> Callable[[Callable[..., Any]], Task]: ...
+
     def task(
         self, fn: Callable[..., Any] | None = None, /, *, name: str | None = None, **options: Any
-    ) -> Any:
+    ) -> Task | Callable[[Callable[..., Any]], Task]:
         """Register a function as a task: ``@app.task`` or ``@app.task(name=..., ...)``."""
 
         def register(func: Callable[..., Any]) -> Task:
