@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ..codec import dumps, loads
-from ..errors import InvalidArgument, ResultTimeout
+from ..errors import InvalidArgument, ResultTimeout, StemError
 from ..model import (
     GroupDescriptor,
     GroupStatus,
@@ -222,34 +222,12 @@ class SqliteResultBackend(StatusQueries):
         with self._db.listeners_lock:
             self._db.listeners.setdefault(topic, set()).add(inbox)
         try:
-            current = self._read_status(task_id)
-            seen = int(current[6]) if current else 0
-            mark = self._db.mark()
-            while True:
-                while not inbox.empty():
-                    revision, status = inbox.get()
-                    if revision > seen:
-                        seen = revision
-                        yield status
-                        if status.state.is_terminal:
-                            return
-                row = self._read_status(task_id)
-                if row is not None and int(row[6]) > seen:
-                    seen = int(row[6])
-                    status = status_from_row(row)
-                    yield status
-                    if status.state.is_terminal:
-                        return
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return
-                if self._closed:
-                    return
-                step = (
-                    self.poll_interval if remaining is None else min(remaining, self.poll_interval)
-                )
-                self._db.wait_for_change(mark, step, min(step, 0.005))
-                mark = self._db.mark()
+            try:
+                yield from self._watch_loop(task_id, inbox, deadline)
+            except StemError:
+                if self._closed or self._db.closed:
+                    return  # close() ends every watch, it does not break it
+                raise
         finally:
             with self._db.listeners_lock:
                 listeners = self._db.listeners.get(topic)
@@ -257,6 +235,39 @@ class SqliteResultBackend(StatusQueries):
                     listeners.discard(inbox)
                     if not listeners:
                         del self._db.listeners[topic]
+
+    def _watch_loop(
+        self,
+        task_id: str,
+        inbox: queue_module.SimpleQueue[tuple[int, TaskStatus]],
+        deadline: float | None,
+    ) -> Iterator[TaskStatus]:
+        current = self._read_status(task_id)
+        seen = int(current[6]) if current else 0
+        mark = self._db.mark()
+        while not self._closed:
+            while not inbox.empty():
+                revision, status = inbox.get()
+                if revision > seen:
+                    seen = revision
+                    yield status
+                    if status.state.is_terminal:
+                        return
+            if self._closed:
+                return
+            row = self._read_status(task_id)
+            if row is not None and int(row[6]) > seen:
+                seen = int(row[6])
+                status = status_from_row(row)
+                yield status
+                if status.state.is_terminal:
+                    return
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return
+            step = self.poll_interval if remaining is None else min(remaining, self.poll_interval)
+            self._db.wait_for_change(mark, step, min(step, 0.005))
+            mark = self._db.mark()
 
     def wait(self, task_id: str, *, timeout: Duration | None = None) -> TaskStatus:
         """The task's terminal status; :class:`ResultTimeout` if it does not come in time."""
