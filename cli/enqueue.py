@@ -17,7 +17,7 @@ from stem_sqlite.timeutil import parse_iso
 from .errors import entry, fail
 from .loader import add_stem_path, load_app
 from .output import print_json
-from .setup import bind_paths, version_callback
+from .setup import bind_paths, default_app_spec, version_callback
 
 _KWARG = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$", re.DOTALL)
 BATCH = 1000
@@ -147,9 +147,10 @@ def main(
         ignore_result=True if ignore_result else None,
     )
     add_stem_path(stem_path)
-    app = load_app(app_spec, debug=debug) if app_spec else Stem()
+    spec = app_spec or default_app_spec()
+    app = load_app(spec, debug=debug) if spec else Stem()
     definition = None
-    if app_spec:
+    if spec:
         definition = app.get_task(task)
         definition.check_arguments(tuple(args), kwargs)
     envelopes = [
