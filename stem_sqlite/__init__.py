@@ -1,6 +1,7 @@
 """stem-sqlite: Celery-style background tasks on SQLite, with no infrastructure."""
 
 from .app import Stem, Task
+from .canvas import GroupResult, chain, chord, group
 from .context import TaskContext
 from .contracts import Broker, Consumer, ResultBackend
 from .errors import (
@@ -48,6 +49,10 @@ from .worker import Worker
 __version__ = "0.1.0"
 
 __all__ = [
+    "GroupResult",
+    "chain",
+    "chord",
+    "group",
     "AsyncResult",
     "EnqueueOptions",
     "Retry",

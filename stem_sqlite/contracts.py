@@ -33,11 +33,19 @@ class Consumer(Protocol):
     """A lease-taking reader of one queue that never holds more than ``prefetch``
     unsettled deliveries."""
 
-    def receive(self, timeout: Duration | None = None) -> Delivery | None:
-        """The next delivery, waiting up to ``timeout`` seconds (forever when None)."""
+    def receive(
+        self, timeout: Duration | None = None, *, limit: int | None = None
+    ) -> Delivery | None:
+        """The next delivery, waiting up to ``timeout`` seconds (forever when None);
+        ``limit`` caps how many jobs this call may claim."""
         ...
 
     def __iter__(self) -> Iterator[Delivery]: ...
+
+    @property
+    def held(self) -> int:
+        """Deliveries claimed and not yet settled."""
+        ...
 
     def close(self) -> None:
         """Stop consuming and release jobs claimed but not yet handed out."""
@@ -129,6 +137,7 @@ class ResultBackend(Protocol):
         meta: dict[str, Any] | None = None,
         ttl: Duration | None = None,
         owner: str | None = None,
+        take_over: bool = False,
     ) -> bool: ...
 
     def get(self, task_id: str) -> TaskStatus | None: ...

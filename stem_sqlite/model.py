@@ -158,6 +158,8 @@ class Delivery:
     #: How many times this attempt of the job has been leased (1 on a first
     #: delivery; more after a worker died or lost its lease while running it).
     delivery_count: int = 1
+    #: The length of this lease in seconds (what renewals extend it by).
+    lease_duration: float = 0.0
 
     @property
     def id(self) -> str:

@@ -141,6 +141,7 @@ class SqliteResultBackend(StatusQueries):
         meta: dict[str, Any] | None = None,
         ttl: Duration | None = None,
         owner: str | None = None,
+        take_over: bool = False,
     ) -> bool:
         """Replace the task's whole record; its TTL restarts. Returns whether it was written.
 
@@ -149,7 +150,8 @@ class SqliteResultBackend(StatusQueries):
         a worker's writes by its lease: ``running`` with an owner always takes the
         record over; any other state with an owner is written only while the record
         has no owner or the same one, so a worker whose lease was taken over cannot
-        overwrite the newer run's status.
+        overwrite the newer run's status. ``take_over=True`` (for the holder of a fresh
+        lease that settles a job without running it) writes like ``running`` does.
         """
         _check_id(task_id, "task_id")
         task_state = coerce_state(state)
@@ -176,7 +178,7 @@ class SqliteResultBackend(StatusQueries):
         statement = sql.UPSERT_STATUS
         if task_state is TaskState.QUEUED:
             statement += sql.UPSERT_QUEUED_SUFFIX
-        elif owner is not None and task_state is not TaskState.RUNNING:
+        elif owner is not None and task_state is not TaskState.RUNNING and not take_over:
             statement += sql.UPSERT_OWNED_SUFFIX
         statement += " RETURNING revision"
         row = self._db.write_one(statement, params).fetchone()

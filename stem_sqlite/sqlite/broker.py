@@ -282,7 +282,14 @@ class SqliteBroker:
                 damaged.append((job_id, receipt, f"{type(exc).__name__}: {exc}"))
                 continue
             deliveries.append(
-                Delivery(envelope, receipt, from_ms(visible_at), queue, delivery_count)
+                Delivery(
+                    envelope,
+                    receipt,
+                    from_ms(visible_at),
+                    queue,
+                    delivery_count,
+                    (visible_at - now) / 1000,
+                )
             )
         for job_id, receipt, problem in damaged:
             log.error(

@@ -55,6 +55,20 @@ BACKEND = Role(
 
 
 @dataclass(frozen=True)
+class WriteResult:
+    """What a single-statement write returned: its rows and how many rows it changed."""
+
+    rows: list[Any]
+    rowcount: int
+
+    def fetchone(self) -> Any:
+        return self.rows[0] if self.rows else None
+
+    def fetchall(self) -> list[Any]:
+        return self.rows
+
+
+@dataclass(frozen=True)
 class ChangeMark:
     """What a waiter has seen: the in-process commit count and SQLite's data_version."""
 
@@ -91,20 +105,23 @@ class Database:
             except sqlite3.Error as exc:
                 raise translate_error(exc, self.path, self.role) from exc
 
-    def write_one(self, sql: str, params: object = ()) -> sqlite3.Cursor:
+    def write_one(self, sql: str, params: object = ()) -> WriteResult:
         """Run one writing statement as its own transaction (autocommit).
 
         A single statement takes SQLite's write lock before it reads anything, so
         it is as atomic as ``BEGIN IMMEDIATE`` and costs one round trip instead of three.
+        Every row it returns is read before the connection is let go: a statement with
+        ``RETURNING`` commits only once it has been stepped to its end.
         """
         with self._lock:
             self._check_open()
             try:
                 cursor = self._conn.execute(sql, params)  # type: ignore[arg-type]
+                result = WriteResult(cursor.fetchall(), cursor.rowcount)
             except sqlite3.Error as exc:
                 raise translate_error(exc, self.path, self.role) from exc
         self.notify_change()
-        return cursor
+        return result
 
     @contextlib.contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:

@@ -42,10 +42,13 @@ class SqliteConsumer:
         with self._state:
             return len(self._held) + len(self._buffer)
 
-    def receive(self, timeout: Duration | None = None) -> Delivery | None:
+    def receive(
+        self, timeout: Duration | None = None, *, limit: int | None = None
+    ) -> Delivery | None:
         """The next delivery, waiting up to ``timeout`` seconds (forever when None).
 
-        Returns None when the timeout passes or the consumer is closed.
+        Returns None when the timeout passes or the consumer is closed. ``limit`` caps
+        how many jobs this call may claim (a caller sharing one budget among queues).
         """
         wait = None if timeout is None else to_seconds(timeout, name="timeout")
         deadline = None if wait is None else time.monotonic() + wait
@@ -59,7 +62,11 @@ class SqliteConsumer:
                     self._held.add(delivery.receipt)
                     return delivery
                 room = self.prefetch - len(self._held)
+                if limit is not None:
+                    room = min(room, max(0, limit)) if room > 0 else room
             remaining = None if deadline is None else deadline - time.monotonic()
+            if room <= 0 and limit is not None and limit <= 0:
+                return None
             if room <= 0:
                 # Full: wait for one of ours to be settled.
                 with self._state:

@@ -58,8 +58,15 @@ class _PipeChannel:
 
 
 class _Guard:
+    """Marks the body as running (so signals may interrupt it) and tells the worker,
+    which starts the time-limit clocks only then."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
     def enter(self) -> None:
         global _body_running
+        self._conn.send(("started",))
         _body_running = True
 
     def leave(self) -> None:
@@ -106,7 +113,8 @@ def child_main(conn: Connection, sys_path: list[str]) -> None:
     signal.signal(signal.SIGUSR1, _raise_in_body(SoftTimeLimitExceeded))
     signal.signal(signal.SIGUSR2, _raise_in_body(TaskRevoked))
     channel = _PipeChannel(conn)
-    guard = _Guard()
+    guard = _Guard(conn)
+    conn.send(("ready",))  # the handlers are in place: signals are safe from now on
     while True:
         try:
             request = conn.recv()

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from ..model import Delivery, Envelope, TaskState
 from ..options import META_PROGRESS, EnqueueOptions
 from .interrupts import BodyGuard
+from .leases import HeldLease
 from .scheduler import Timer
 
 if TYPE_CHECKING:
@@ -25,12 +26,11 @@ class Execution:
     delivery: Delivery
     task: Task
     started_at: datetime
-    lease_seconds: float
+    lease: HeldLease
     running_meta: dict[str, Any]
     started_monotonic: float = field(default_factory=time.monotonic)
     guard: BodyGuard = field(default_factory=BodyGuard)
     timers: list[Timer] = field(default_factory=list)
-    lease_lost: bool = False
     abandoned: bool = False
     revoke_requested: bool = False
     finished: bool = False
@@ -43,6 +43,10 @@ class Execution:
     @property
     def owner(self) -> str:
         return self.delivery.receipt
+
+    @property
+    def lease_lost(self) -> bool:
+        return self.lease.lost
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started_monotonic
@@ -69,12 +73,11 @@ class WorkerChannel:
         return result.id
 
     def heartbeat(self) -> bool:
-        return self._worker.renew_lease(self._execution, self._execution.lease_seconds)
+        lease = self._execution.lease
+        return lease.renew(lease.duration)
 
     def extend_lease(self, by: float) -> bool:
-        execution = self._execution
-        execution.lease_seconds = max(execution.lease_seconds, by)
-        return self._worker.renew_lease(execution, by)
+        return self._execution.lease.extend(by)
 
     def progress(self, percent: float, data: Any) -> None:
         execution = self._execution

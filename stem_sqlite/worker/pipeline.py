@@ -16,6 +16,7 @@ from ..options import (
 )
 from ..timeutil import iso, parse_iso, utcnow
 from .execution import Execution, WorkerChannel
+from .leases import HeldLease
 from .runner import run_body
 from .settle import Settler
 
@@ -40,10 +41,10 @@ class Pipeline:
         self.worker = worker
         self.settler = Settler(worker)
 
-    def handle(self, delivery: Delivery) -> None:
+    def handle(self, delivery: Delivery, lease: HeldLease) -> None:
         """Run one delivery to the end; an unexpected error releases it for a retry."""
         try:
-            self._handle(delivery)
+            self._handle(delivery, lease)
         except Exception:
             log.exception("worker error while handling job %s; releasing it", delivery.id)
             try:
@@ -53,21 +54,14 @@ class Pipeline:
                     "could not release job %s; it returns when its lease ends", delivery.id
                 )
 
-    def _handle(self, delivery: Delivery) -> None:
+    def _handle(self, delivery: Delivery, lease: HeldLease) -> None:
         worker = self.worker
         app = worker.app
         envelope = delivery.envelope
         task = app.tasks.get(envelope.name)
         worker.log_event("received", envelope)
         if task is None:
-            app.broker.dead_letter(
-                delivery,
-                reason="unregistered-task",
-                meta={
-                    "error": f"no task named {envelope.name!r} is registered with worker "
-                    f"{worker.name}"
-                },
-            )
+            self.settler.fail_unregistered(envelope, delivery)
             worker.log_event("unregistered", envelope)
             return
         if delivery.delivery_count > worker.max_deliveries:
@@ -100,7 +94,9 @@ class Pipeline:
         }
         if task.ignore_result and META_IGNORE_RESULT not in meta:
             meta[META_IGNORE_RESULT] = True
-        lease = max(0.05, (delivery.lease_expires_at - now).total_seconds())
+        if lease.lost:
+            worker.log_event("lost", envelope, note="lease lost before the task started")
+            return
         execution = Execution(delivery, task, now, lease, meta)
         worker.track(execution)
         try:
@@ -128,7 +124,6 @@ class Pipeline:
         soft = _limit(meta, META_SOFT_TIME_LIMIT_MS, task.soft_time_limit)
         hard = _limit(meta, META_TIME_LIMIT_MS, task.time_limit)
         channel = WorkerChannel(worker, execution)
-        worker.schedule_lease_renewal(execution)
         if (task.pool or worker.pool) == "processes":
             return worker.process_pool.run(execution, channel, soft, hard)
         guard = execution.guard

@@ -61,6 +61,18 @@ class ChildProcess:
         )
         self.process.start()
         child_end.close()
+        self.ready = False
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Wait for the child's signal handlers (a signal before them would kill it)."""
+        if self.ready:
+            return
+        if not self.conn.poll(timeout):
+            raise EOFError("the pool process did not start")
+        message = self.conn.recv()
+        if message != ("ready",):
+            raise EOFError(f"unexpected first message from a pool process: {message!r}")
+        self.ready = True
 
     @property
     def alive(self) -> bool:
@@ -144,21 +156,22 @@ class ProcessPool:
         child = self._acquire()
         module, qualname, main_file = task_reference(execution.task.fn)
         envelope = execution.envelope
-        child.conn.send(
-            ("run", module, qualname, main_file, execution.task.bind, envelope.to_dict())
-        )
-        started = time.monotonic()
+        started: float | None = None  # the limits count from the body's start
         soft_sent = revoke_sent = False
         try:
+            child.wait_ready()
+            child.conn.send(
+                ("run", module, qualname, main_file, execution.task.bind, envelope.to_dict())
+            )
             while True:
                 if execution.abandoned:
                     self._discard(child)
                     return Outcome("revoked")
-                if execution.revoke_requested and not revoke_sent:
+                if execution.revoke_requested and not revoke_sent and started is not None:
                     child.signal(signal.SIGUSR2)
                     revoke_sent = True
-                elapsed = time.monotonic() - started
-                if hard_limit is not None and elapsed >= hard_limit:
+                elapsed = 0.0 if started is None else time.monotonic() - started
+                if started is not None and hard_limit is not None and elapsed >= hard_limit:
                     self._discard(child)
                     log.warning(
                         "task %s[%s] passed its hard time limit of %.3gs; its pool process "
@@ -170,7 +183,12 @@ class ProcessPool:
                     return error_outcome(
                         TimeLimitExceeded(f"hard time limit ({hard_limit:g}s) exceeded")
                     )
-                if soft_limit is not None and not soft_sent and elapsed >= soft_limit:
+                if (
+                    started is not None
+                    and soft_limit is not None
+                    and not soft_sent
+                    and elapsed >= soft_limit
+                ):
                     child.signal(signal.SIGUSR1)
                     soft_sent = True
                 wait = 0.2
@@ -182,6 +200,9 @@ class ProcessPool:
                         raise EOFError
                     continue
                 message = child.conn.recv()
+                if message[0] == "started":
+                    started = time.monotonic()
+                    continue
                 if message[0] == "done":
                     self._release(child)
                     return outcome_from_wire(message[1])

@@ -22,6 +22,7 @@ from ..producer import build_envelope
 from ..retry import retry_delay
 from ..signature import Signature
 from ..timeutil import iso, parse_iso, utcnow
+from .canvas_steps import break_chain, continue_chain, settle_chord
 from .execution import Execution
 from .outcome import Outcome
 
@@ -91,7 +92,8 @@ class Settler:
             envelope.id, TaskState.SUCCEEDED, payload, None, envelope.attempt, status_meta
         )
         self._group_result(envelope, status)
-        self._dispatch_links(envelope, META_LINK)
+        self.dispatch_links(envelope, META_LINK)
+        continue_chain(self, envelope, payload if payload is not None else value)
         return "succeeded"
 
     def _lost(self, execution: Execution) -> str:
@@ -219,7 +221,8 @@ class Settler:
             envelope.id, TaskState.FAILED, None, final, envelope.attempt, status_meta
         )
         self._group_result(envelope, status)
-        self._dispatch_links(envelope, META_LINK_ERROR)
+        self.dispatch_links(envelope, META_LINK_ERROR)
+        break_chain(self, envelope, final)
         return "failed"
 
     # -- terminal states decided before the body runs ----------
@@ -239,11 +242,33 @@ class Settler:
             attempt=envelope.attempt,
             meta=meta,
             owner=delivery.receipt,
+            take_over=True,
         )
         if self.broker.ack(delivery):
             self._group_result(
                 envelope,
                 TaskStatus(envelope.id, TaskState.CANCELLED, None, error, envelope.attempt, meta),
+            )
+
+    def fail_unregistered(self, envelope: Envelope, delivery: Any) -> None:
+        """No task of this name here: dead-letter it and fail its status (so a waiter or
+        a group does not wait forever)."""
+        message = f"no task named {envelope.name!r} is registered with worker {self.worker.name}"
+        error = TaskError("TaskNotRegistered", message)
+        meta = {**envelope.meta, "queue": envelope.queue}
+        self.backend.set(
+            envelope.id,
+            TaskState.FAILED,
+            error=error,
+            attempt=envelope.attempt,
+            meta=meta,
+            owner=delivery.receipt,
+            take_over=True,
+        )
+        if self.broker.dead_letter(delivery, reason="unregistered-task", meta={"error": message}):
+            self._group_result(
+                envelope,
+                TaskStatus(envelope.id, TaskState.FAILED, None, error, envelope.attempt, meta),
             )
 
     def fail_poisoned(self, envelope: Envelope, delivery: Any) -> None:
@@ -262,6 +287,7 @@ class Settler:
             attempt=envelope.attempt,
             meta=meta,
             owner=delivery.receipt,
+            take_over=True,
         )
         if self.broker.dead_letter(
             delivery, reason="delivery-limit-exceeded", meta={"error": error.message}
@@ -278,11 +304,13 @@ class Settler:
         if not group_id:
             return
         group = self.backend.add_group_result(str(group_id), status)
-        hook = self.worker.on_group_result
-        if group is not None and hook is not None:
-            hook(envelope, group)
+        if group is not None:
+            try:
+                settle_chord(self, group)
+            except Exception:
+                log.exception("could not settle the chord of group %s", group_id)
 
-    def _dispatch_links(self, envelope: Envelope, key: str) -> None:
+    def dispatch_links(self, envelope: Envelope, key: str) -> None:
         for item in envelope.meta.get(key) or ():
             try:
                 signature = Signature.from_dict(item)

@@ -20,6 +20,7 @@ from ..model import Delivery, Envelope, TaskState, WorkerHeartbeat, clean_queue_
 from ..retry import RandomSource
 from ..timeutil import iso, utcnow
 from .execution import Execution
+from .leases import HeldLease
 from .pipeline import Pipeline
 from .processes import ProcessPool, importable
 from .ratelimit import RateLimiter
@@ -77,8 +78,6 @@ class Worker:
         self.max_deliveries = max_deliveries
         self.rng: RandomSource = rng or random.Random()
         self.rate_limiter = RateLimiter()
-        #: Called with (envelope, group status) after a member's result is stored (canvas).
-        self.on_group_result: Callable[[Envelope, Any], None] | None = None
         self.process_pool = ProcessPool(self.concurrency)
         self.scheduler: Scheduler | None = None  # type: ignore[assignment]
         self._pipeline = Pipeline(self)
@@ -88,13 +87,14 @@ class Worker:
         self._consumers: list[Any] = []
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
+        self._settled = threading.Event()
         self._stopped = threading.Event()
         self._shutdown_requested = threading.Event()
         self._mode = -1
         self._started = False
         self._blocking = False
         self._finishing = threading.Lock()
-        self._last_renewal: Any = None
+        self._last_lease: HeldLease | None = None
         self.counts = {"succeeded": 0, "failed": 0, "retried": 0, "received": 0}
 
     # -- start ----------
@@ -108,11 +108,13 @@ class Worker:
         backend = self.app.backend
         self.scheduler = Scheduler()
         self._warn_about_limits()
-        share = max(1, self.prefetch // len(self.queues))
         for queue in self.queues:
-            consumer = broker.consume(queue, prefetch=share, consumer_name=self.name)
+            consumer = broker.consume(queue, prefetch=self.prefetch, consumer_name=self.name)
             self._consumers.append(consumer)
-            self._spawn(f"stem-fetch[{queue}]", self._fetch, consumer)
+        if len(self._consumers) == 1:
+            self._spawn(f"stem-fetch[{self.queues[0]}]", self._fetch, self._consumers[0])
+        else:
+            self._spawn("stem-fetch", self._fetch_many)
         for index in range(self.concurrency):
             self._spawn(f"stem-exec-{index}", self._execute)
         if self._uses_processes():
@@ -170,17 +172,67 @@ class Worker:
             if self._stopping.is_set():
                 self._release(delivery)
                 return
-            self._work.put(delivery)
+            self._work.put((delivery, self._hold(delivery)))
+
+    def _fetch_many(self) -> None:
+        """One fetcher for several queues, so that ``prefetch`` bounds the deliveries
+        held across all of them: each claim may take only what the budget has left.
+        It checks every queue without waiting, then waits a little on each in turn."""
+        turn = 0
+        while not self._stopping.is_set():
+            got = False
+            free = 0
+            try:
+                for consumer in self._consumers:
+                    free = self.prefetch - sum(c.held for c in self._consumers)
+                    if free <= 0:
+                        break
+                    delivery = consumer.receive(timeout=0, limit=free)
+                    if delivery is not None:
+                        got = True
+                        self._accept(delivery)
+                if got:
+                    continue
+                if free <= 0:
+                    self._settled.wait(0.05)
+                    self._settled.clear()
+                    continue
+                consumer = self._consumers[turn % len(self._consumers)]
+                turn += 1
+                delivery = consumer.receive(timeout=0.05, limit=free)
+                if delivery is not None:
+                    self._accept(delivery)
+            except Exception:
+                if self._stopping.is_set():
+                    return
+                log.exception("claiming failed; retrying")
+                self._stopping.wait(1.0)
+
+    def _accept(self, delivery: Delivery) -> None:
+        if self._stopping.is_set():
+            self._release(delivery)
+        else:
+            self._work.put((delivery, self._hold(delivery)))
+
+    def _hold(self, delivery: Delivery) -> HeldLease:
+        """Start renewing the delivery's lease now: it may wait for a free slot."""
+        assert self.scheduler is not None
+        lease = HeldLease(delivery, self.app.broker, self.scheduler).start()
+        self._last_lease = lease
+        return lease
 
     def _execute(self) -> None:
         while True:
             item = self._work.get()
             if item is _STOP:
                 return
+            delivery, lease = item
             if self._stopping.is_set():
-                self._release(item)
+                lease.stop()
+                self._release(delivery)
                 continue
-            self._pipeline.handle(item)
+            self._pipeline.handle(delivery, lease)
+            self._settled.set()
 
     def _release(self, delivery: Delivery) -> None:
         try:
@@ -198,35 +250,6 @@ class Worker:
         with self._active_lock:
             self._active.discard(execution)
 
-    def schedule_lease_renewal(self, execution: Execution) -> None:
-        assert self.scheduler is not None
-
-        def renew() -> None:
-            if execution.finished or execution.abandoned:
-                return
-            if self.renew_lease(execution, execution.lease_seconds):
-                execution.timers.append(
-                    self.scheduler.call_later(execution.lease_seconds / 3, renew)  # type: ignore[union-attr]
-                )
-
-        execution.timers.append(self.scheduler.call_later(execution.lease_seconds / 3, renew))
-
-    def renew_lease(self, execution: Execution, by: float) -> bool:
-        """Extend the lease to ``by`` seconds from now; a refusal marks the lease lost."""
-        if execution.lease_lost:
-            return False
-        ok = bool(self.app.broker.extend_lease(execution.delivery, by))
-        if ok:
-            self._last_renewal = utcnow(self.app.clock)
-        else:
-            execution.lease_lost = True
-            log.warning(
-                "task %s[%s] lost its lease; its outcome will not be stored",
-                execution.envelope.name,
-                execution.envelope.id,
-            )
-        return ok
-
     def defer(self, delivery: Delivery, wait: float) -> None:
         """Put a rate-limited job back, same attempt, ``wait`` seconds from now."""
         envelope = delivery.envelope
@@ -242,6 +265,7 @@ class Worker:
                 "retryAfterMs": round(wait * 1000),
             },
             owner=delivery.receipt,
+            take_over=True,
         )
         self.app.broker.reschedule(delivery, later)
         self.log_event("deferred", envelope, note=f"rate limit, {wait:.3g}s")
@@ -293,7 +317,7 @@ class Worker:
                     inflight=len(active),
                     queues=[{"name": q, "inflight": n} for q, n in per_queue.items()],
                     concurrency=self.concurrency,
-                    last_lease_renewal=self._last_renewal,
+                    last_lease_renewal=self._last_lease.last_renewal if self._last_lease else None,
                     extras={
                         "host": socket.gethostname(),
                         "pid": os.getpid(),
@@ -376,6 +400,7 @@ class Worker:
             for execution in active:
                 execution.abandoned = True
                 execution.cancel_timers()
+                execution.lease.stop()
                 self._release(execution.delivery)
         self._shutdown_requested.set()
         if self._started and not self._blocking:
@@ -407,7 +432,8 @@ class Worker:
             except queue_module.Empty:
                 break
             if item is not _STOP:
-                self._release(item)
+                item[1].stop()
+                self._release(item[0])
         self.process_pool.close()
         if self.scheduler is not None:
             self.scheduler.stop()

@@ -1,0 +1,77 @@
+"""Keeping a delivery's lease alive from the moment the worker receives it until it
+is settled: renewed every third of its length, by its full length."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from ..model import Delivery
+
+if TYPE_CHECKING:
+    from .scheduler import Scheduler, Timer
+
+log = logging.getLogger("stem_sqlite.worker")
+
+
+class HeldLease:
+    """The worker's hold on one delivery. ``lost`` turns True when a renewal is refused
+    (another consumer took the job over); outcomes of a lost lease are never stored."""
+
+    def __init__(self, delivery: Delivery, broker: Any, scheduler: Scheduler) -> None:
+        self.delivery = delivery
+        self._broker = broker
+        self._scheduler = scheduler
+        remaining = (delivery.lease_expires_at - datetime.now(UTC)).total_seconds()
+        self.duration = delivery.lease_duration or max(0.05, remaining)
+        self.lost = False
+        self.last_renewal: datetime | None = None
+        self._stopped = False
+        self._timer: Timer | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> HeldLease:
+        self._schedule()
+        return self
+
+    def _schedule(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+            if not self._stopped and not self.lost:
+                self._timer = self._scheduler.call_later(self.duration / 3, self._tick)
+
+    def _tick(self) -> None:
+        if self.renew(self.duration):
+            self._schedule()
+
+    def renew(self, by: float) -> bool:
+        """Make the lease end ``by`` seconds from now; False once the lease is lost."""
+        if self.lost:
+            return False
+        if self._stopped:
+            return True
+        if self._broker.extend_lease(self.delivery, by):
+            self.last_renewal = datetime.now(UTC)
+            return True
+        self.lost = True
+        envelope = self.delivery.envelope
+        log.warning(
+            "task %s[%s] lost its lease; its outcome will not be stored", envelope.name, envelope.id
+        )
+        return False
+
+    def extend(self, by: float) -> bool:
+        """A task asked for a longer lease: later renewals keep at least ``by``."""
+        self.duration = max(self.duration, by)
+        ok = self.renew(by)
+        self._schedule()
+        return ok
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            if self._timer is not None:
+                self._timer.cancel()
