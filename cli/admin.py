@@ -41,6 +41,14 @@ class Settings:
 
 settings = Settings()
 
+#: ``--json`` is accepted before the command (``stem --json queues``) and after it.
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+def _json(flag: bool) -> None:
+    if flag:
+        settings.as_json = True
+
 
 @cli.callback()
 def options(
@@ -95,8 +103,9 @@ def _since(text: str | None) -> datetime | None:
 
 
 @cli.command()
-def queues() -> None:
+def queues(as_json: JsonFlag = False) -> None:
     """Pending, delayed, in-flight and dead jobs of every queue."""
+    _json(as_json)
     with open_broker() as broker:
         rows = [
             {
@@ -135,8 +144,10 @@ def dlq_list(
     queue: str,
     limit: Annotated[int, typer.Option(min=1)] = 50,
     offset: Annotated[int, typer.Option(min=0)] = 0,
+    as_json: JsonFlag = False,
 ) -> None:
     """Dead letters of QUEUE, newest first."""
+    _json(as_json)
     with open_broker() as broker:
         page = broker.list_dead_letters(queue, limit=limit, offset=offset)
     items = [_entry_dict(e) for e in page.entries]
@@ -151,8 +162,13 @@ def dlq_list(
 
 
 @dlq.command("show")
-def dlq_show(queue: str, task_id: str) -> None:
+def dlq_show(
+    queue: str,
+    task_id: str,
+    as_json: JsonFlag = False,
+) -> None:
     """One dead letter with its envelope."""
+    _json(as_json)
     with open_broker() as broker:
         entry_ = broker.get_dead_letter(queue, task_id)
     if entry_ is None:
@@ -174,8 +190,10 @@ def dlq_replay(
     since: Annotated[str | None, typer.Option(help="Only entries dead since (ISO).")] = None,
     delay: Annotated[float | None, typer.Option(min=0, help="Delay the replayed jobs.")] = None,
     dry_run: Annotated[bool, typer.Option(help="Only show what would be replayed.")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Put dead letters back on QUEUE (newest first)."""
+    _json(as_json)
     with open_broker() as broker:
         result = broker.replay_dead_letters(
             queue, limit=limit, since=_since(since), delay=delay, dry_run=dry_run
@@ -195,16 +213,22 @@ def dlq_purge(
     queue: str,
     since: Annotated[str | None, typer.Option(help="Only entries dead since (ISO).")] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="At most this many, newest.")] = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """Delete dead letters of QUEUE."""
+    _json(as_json)
     with open_broker() as broker:
         count = broker.purge_dead_letters(queue, since=_since(since), limit=limit)
     print_json({"purged": count}) if settings.as_json else print(f"purged {count} dead letter(s)")
 
 
 @cli.command()
-def purge(queue: str) -> None:
+def purge(
+    queue: str,
+    as_json: JsonFlag = False,
+) -> None:
     """Delete every job of QUEUE (ready, delayed and in flight; not its dead letters)."""
+    _json(as_json)
     with open_broker() as broker:
         count = broker.purge(queue)
     print_json({"purged": count}) if settings.as_json else print(f"purged {count} job(s)")
@@ -223,8 +247,12 @@ def _status_dict(status: TaskStatus) -> dict[str, Any]:
 
 
 @cli.command()
-def result(task_id: str) -> None:
+def result(
+    task_id: str,
+    as_json: JsonFlag = False,
+) -> None:
     """The stored status of one task (exit 1 when there is none)."""
+    _json(as_json)
     with open_backend() as backend:
         status = backend.get(task_id)
     if status is None:
@@ -246,8 +274,10 @@ def tasks(
     state: Annotated[str | None, typer.Option(help="Only this state.")] = None,
     queue: Annotated[str | None, typer.Option(help="Only this queue.")] = None,
     limit: Annotated[int, typer.Option(min=1)] = 50,
+    as_json: JsonFlag = False,
 ) -> None:
     """Recent task statuses, newest update first."""
+    _json(as_json)
     if state is not None and state not in {s.value for s in TaskState}:
         fail(
             f"--state {state!r} is not a state; use one of " + ", ".join(s.value for s in TaskState)
@@ -269,8 +299,9 @@ def tasks(
 
 
 @cli.command()
-def workers() -> None:
+def workers(as_json: JsonFlag = False) -> None:
     """Workers with a live heartbeat: name, age of the heartbeat, in flight, queues."""
+    _json(as_json)
     with open_backend() as backend:
         beats = backend.list_worker_heartbeats()
     now = utcnow()
@@ -303,8 +334,10 @@ def health(
     max_age: Annotated[
         float, typer.Option(min=0, help="Freshest heartbeat must be younger.")
     ] = 60.0,
+    as_json: JsonFlag = False,
 ) -> None:
     """Exit 0 only if both files open with a current schema and a worker heartbeat is fresh."""
+    _json(as_json)
     problems: list[str] = []
     fresh = 0
     try:
@@ -315,7 +348,11 @@ def health(
     try:
         with open_backend() as backend:
             cutoff = utcnow() - timedelta(seconds=max_age)
-            fresh = sum(1 for b in backend.list_worker_heartbeats() if b.timestamp >= cutoff)
+            fresh = sum(
+                1
+                for b in backend.list_worker_heartbeats()
+                if b.timestamp >= cutoff and not b.extras.get("stopped")
+            )
     except Exception as exc:  # noqa: BLE001
         problems.append(f"backend: {exc}")
     if not problems and fresh == 0:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from stem_sqlite import Stem
 
-from .errors import fail
+from .errors import UsageProblem, fail
 
 FROZEN = bool(getattr(sys, "frozen", False))
 
@@ -69,9 +69,9 @@ def load_app(spec: str, *, debug: bool = False) -> Stem:
             spec_obj.loader.exec_module(module)
         except BaseException as exc:
             sys.modules.pop(module_name, None)
-            if debug or isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
-            fail(_import_failure(text, exc))
+            raise UsageProblem(_import_failure(text, exc)) from exc
     else:
         if "" not in sys.path and os.getcwd() not in sys.path:
             sys.path.insert(0, os.getcwd())

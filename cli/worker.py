@@ -129,8 +129,10 @@ def main(
     from .output import setup_logging
 
     setup_logging(level, log_format.value)
-    _banner(worker, paths.broker, paths.backend, spec, log_format.value)
-    worker.run(burst=burst)
+    worker.run(
+        burst=burst,
+        on_ready=lambda: _banner(worker, paths.broker, paths.backend, spec, log_format.value),
+    )
     app.close()
     return 0
 

@@ -8,6 +8,7 @@ it without knowing its Python shape.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -268,7 +269,7 @@ class GroupStatus:
 
     id: str
     expected: int
-    results: dict[str, TaskStatus]
+    results: Mapping[str, TaskStatus]
     meta: JSONDict = field(default_factory=dict)
 
     @property

@@ -36,7 +36,7 @@ from . import results_sql as sql
 from .broker import clean_namespace
 from .connection import BACKEND, Database, open_database, release_database
 from .maintenance import Periodic
-from .status_queries import StatusQueries, status_from_row
+from .status_queries import GroupResults, StatusQueries, status_from_row
 
 
 class SqliteResultBackend(StatusQueries):
@@ -272,23 +272,29 @@ class SqliteResultBackend(StatusQueries):
             mark = self._db.mark()
 
     def wait(self, task_id: str, *, timeout: Duration | None = None) -> TaskStatus:
-        """The task's terminal status; :class:`ResultTimeout` if it does not come in time."""
-        current = self.get(task_id)
-        if current is not None and current.state.is_terminal:
-            return current
-        last = current
-        for status in self.watch(task_id, timeout=timeout):
-            last = status
-            if status.state.is_terminal:
+        """The task's terminal status; :class:`ResultTimeout` if it does not come in time.
+
+        Reads only: a producer may wait without ever writing the backend file.
+        """
+        _check_id(task_id, "task_id")
+        wait = None if timeout is None else to_seconds(timeout, name="timeout")
+        deadline = None if wait is None else time.monotonic() + wait
+        while True:
+            mark = self._db.mark()  # before the read, so a write right after it wakes us
+            status = self.get(task_id)
+            if status is not None and status.state.is_terminal:
                 return status
-        latest = self.get(task_id) or last
-        if latest is not None and latest.state.is_terminal:
-            return latest
-        state = latest.state.value if latest else "no status"
-        raise ResultTimeout(
-            f"task {task_id} did not finish within {timeout}s (last seen: {state}); "
-            "is a worker consuming its queue?"
-        )
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                state = status.state.value if status else "no status"
+                raise ResultTimeout(
+                    f"task {task_id} did not finish within {timeout}s (last seen: {state}); "
+                    "is a worker consuming its queue?"
+                )
+            if self._closed:
+                raise ResultTimeout(f"the result backend was closed while waiting for {task_id}")
+            step = self.poll_interval if remaining is None else min(remaining, self.poll_interval)
+            self._db.wait_for_change(mark, step, min(step, 0.005))
 
     def expire(self, task_id: str, ttl: Duration) -> None:
         """Make the record expire ``ttl`` from now (shorter or longer); no-op when missing."""
@@ -409,19 +415,8 @@ class SqliteResultBackend(StatusQueries):
 
     def _group_status(self, conn: Any, group_id: str, group: tuple[Any, ...]) -> GroupStatus:
         expected, meta_text = group
-        results = {}
-        for task_id, state, payload, error, attempt, meta in conn.execute(
-            sql.LIST_GROUP_RESULTS, (self.namespace, group_id)
-        ):
-            results[task_id] = TaskStatus(
-                task_id,
-                TaskState(state),
-                loads(payload),
-                TaskError.from_dict(loads(error)) if error else None,
-                attempt,
-                loads(meta) or {},
-            )
-        return GroupStatus(group_id, expected, results, loads(meta_text) or {})
+        rows = conn.execute(sql.LIST_GROUP_RESULTS, (self.namespace, group_id)).fetchall()
+        return GroupStatus(group_id, expected, GroupResults(rows), loads(meta_text) or {})
 
     def claim_chord(
         self,

@@ -120,7 +120,8 @@ class Database:
                 result = WriteResult(cursor.fetchall(), cursor.rowcount)
             except sqlite3.Error as exc:
                 raise translate_error(exc, self.path, self.role) from exc
-        self.notify_change()
+        if result.rowcount > 0:  # an empty claim must not wake the waiters (a busy loop)
+            self.notify_change()
         return result
 
     @contextlib.contextmanager

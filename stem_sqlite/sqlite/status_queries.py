@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..codec import dumps, loads
@@ -24,6 +25,34 @@ def status_from_row(row: tuple[Any, ...]) -> TaskStatus:
         attempt=attempt,
         meta=loads(meta) or {},
     )
+
+
+class GroupResults(Mapping[str, TaskStatus]):
+    """A group's member results in member order, decoded only when read.
+
+    Every member's completion reads its group to see whether it is complete; decoding
+    every result each time would make a group of N members cost N^2 decodes.
+    """
+
+    def __init__(self, rows: list[tuple[Any, ...]]) -> None:
+        self._rows = {row[0]: row for row in rows}
+        self._decoded: dict[str, TaskStatus] = {}
+
+    def __getitem__(self, task_id: str) -> TaskStatus:
+        status = self._decoded.get(task_id)
+        if status is None:
+            status = status_from_row(self._rows[task_id])
+            self._decoded[task_id] = status
+        return status
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __repr__(self) -> str:
+        return f"GroupResults({dict(self)!r})"
 
 
 def _json_path(key: str) -> str:

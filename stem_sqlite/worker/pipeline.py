@@ -53,6 +53,8 @@ class Pipeline:
                 log.exception(
                     "could not release job %s; it returns when its lease ends", delivery.id
                 )
+        finally:
+            lease.stop()
 
     def _handle(self, delivery: Delivery, lease: HeldLease) -> None:
         worker = self.worker
@@ -114,6 +116,7 @@ class Pipeline:
             worker.untrack(execution)
         if execution.abandoned:
             return  # a hard shutdown already released the job
+        lease.stop()  # settling takes moments; a renewal racing the ack would only warn
         state = self.settler.settle(execution, outcome)
         worker.log_event(state, envelope, duration=execution.elapsed(), error=outcome.error)
 

@@ -325,6 +325,7 @@ class Worker:
                         "prefetch": self.prefetch,
                         **self.counts,
                         "stopping": self._stopping.is_set(),
+                        "stopped": self._stopped.is_set(),
                     },
                 )
             )
@@ -333,7 +334,12 @@ class Worker:
 
     # -- running and stopping ----------
 
-    def run(self, burst: bool = False, install_signal_handlers: bool = True) -> None:
+    def run(
+        self,
+        burst: bool = False,
+        install_signal_handlers: bool = True,
+        on_ready: Callable[[], None] | None = None,
+    ) -> None:
         """Start and block until shut down. With ``burst=True``, return once the queues
         hold no ready, running or delayed job. In the main thread, the first SIGTERM or
         SIGINT starts a warm shutdown, a second one (or SIGQUIT) a hard one."""
@@ -341,6 +347,8 @@ class Worker:
             self._install_signal_handlers()
         self._blocking = True
         self.start()
+        if on_ready is not None:
+            on_ready()  # e.g. the CLI's banner: the files are open, the first beat stored
         idle_since: float | None = None
         while not self._shutdown_requested.wait(0.05):
             if burst:
@@ -417,7 +425,7 @@ class Worker:
             time.sleep(0.02)
         with self._active_lock:
             still_running = bool(self._active)
-        if still_running:
+        if still_running and self._mode < 2:
             log.warning("shutdown timeout passed with tasks running; releasing their jobs")
             self.shutdown("hard")
         for _ in range(self.concurrency):
@@ -437,8 +445,8 @@ class Worker:
         self.process_pool.close()
         if self.scheduler is not None:
             self.scheduler.stop()
-        self._beat(self.app.backend)
         self._stopped.set()
+        self._beat(self.app.backend)  # the last word: this worker is gone
         log.info(
             "worker %s stopped (%s)",
             self.name,
