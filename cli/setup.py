@@ -36,12 +36,21 @@ def bind_paths(
 ) -> DatabasePaths:
     """Resolve the paths (flags, then the environment), refuse bad ones before any file
     is created, and bind them to the app so that nothing opens anywhere else."""
-    paths = app.configure(
-        broker_path=broker,
-        backend_path=backend,
-        broker_options=broker_options,
-        backend_options=backend_options,
-    )
+    if broker is None and backend is None and app.is_configured:
+        # The app bound its own paths (app.configure in its module): keep them.
+        paths = app.configure(
+            broker_path=app.paths.broker,
+            backend_path=app.paths.backend,
+            broker_options=broker_options,
+            backend_options=backend_options,
+        )
+    else:
+        paths = app.configure(
+            broker_path=broker,
+            backend_path=backend,
+            broker_options=broker_options,
+            backend_options=backend_options,
+        )
     preflight(paths.broker, BROKER)
     if need_backend:
         preflight(paths.backend, BACKEND)

@@ -201,6 +201,11 @@ class Stem:
         return self._paths
 
     @property
+    def is_configured(self) -> bool:
+        """Whether file paths were bound (by :meth:`configure` or ``from_env``)."""
+        return self._paths is not None
+
+    @property
     def paths(self) -> DatabasePaths:
         if self._paths is None:
             self.configure()

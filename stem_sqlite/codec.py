@@ -16,6 +16,11 @@ from .errors import InvalidPayload
 _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
+def encode_compact(value: Any) -> str:
+    """Compact JSON text; raises the encoder's own TypeError/ValueError (no diagnosis)."""
+    return _ENCODER.encode(value)
+
+
 def dumps(value: Any, *, where: str) -> str:
     """Encode ``value`` as compact JSON text.
 

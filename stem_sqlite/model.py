@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from .codec import check_json
+from .codec import check_json, encode_compact
 from .errors import InvalidArgument
 from .ids import new_id
 from .timeutil import (
@@ -98,12 +98,24 @@ class Envelope:
                 raise InvalidArgument("visibility_timeout must be more than zero seconds")
             set_(self, "visibility_timeout", seconds)
 
+    def to_json(self) -> str:
+        """The envelope as stored: compact JSON text. Raises ``InvalidPayload`` (a
+        ``TypeError``) naming the key when args, kwargs, headers or meta are not JSON."""
+        try:
+            return encode_compact(self.to_dict())
+        except (TypeError, ValueError, RecursionError):
+            for part, value in (
+                ("args", list(self.args)),
+                ("kwargs", self.kwargs),
+                ("headers", self.headers),
+                ("meta", self.meta),
+            ):
+                check_json(value, where=part)
+            raise
+
     def check_json(self) -> None:
         """Raise ``InvalidPayload`` naming the key if args, kwargs, headers or meta are not JSON."""
-        check_json(list(self.args), where="args")
-        check_json(self.kwargs, where="kwargs")
-        check_json(self.headers, where="headers")
-        check_json(self.meta, where="meta")
+        self.to_json()
 
     def with_changes(self, **changes: Any) -> Envelope:
         """A copy with some fields replaced (validated like a new envelope)."""

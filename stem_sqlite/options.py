@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+import functools
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from typing import Any
 
@@ -139,15 +140,17 @@ class EnqueueOptions:
 
     def merged(self, **overrides: Any) -> EnqueueOptions:
         """A copy where every override that is not None wins."""
-        known = {f.name for f in fields(self)}
+        known = _option_names()
         unknown = set(overrides) - known
         if unknown:
             raise InvalidArgument(
                 f"unknown enqueue option(s): {', '.join(sorted(unknown))}; "
                 f"known options are {', '.join(sorted(known - {'extras'}))}"
             )
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
-        for key, value in overrides.items():
-            if value is not None:
-                values[key] = value
-        return EnqueueOptions(**values)
+        changes = {k: v for k, v in overrides.items() if v is not None}
+        return replace(self, **changes) if changes else self
+
+
+@functools.cache
+def _option_names() -> frozenset[str]:
+    return frozenset(f.name for f in fields(EnqueueOptions))

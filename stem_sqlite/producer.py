@@ -6,7 +6,6 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from .codec import check_json
 from .errors import InvalidArgument
 from .model import Envelope, clean_queue_name
 from .options import (
@@ -77,8 +76,6 @@ def build_envelope(
     if isinstance(args, (str, bytes)) or not isinstance(args, (list, tuple)):
         raise InvalidArgument(f"args must be a list or tuple, got {args!r}")
     kwargs = dict(kwargs or {})
-    check_json(list(args), where="args")
-    check_json(kwargs, where="kwargs")
     defaults = task_defaults
     headers: dict[str, Any] = {}
     meta: dict[str, Any] = {}
@@ -150,9 +147,7 @@ def build_envelope(
         if not isinstance(options.task_id, str) or not options.task_id.strip():
             raise InvalidArgument(f"task_id must be a non-empty string, got {options.task_id!r}")
         envelope_fields["id"] = options.task_id
-    envelope = Envelope(**envelope_fields)
-    envelope.check_json()
-    return envelope
+    return Envelope(**envelope_fields)  # JSON is checked when it is encoded, before any write
 
 
 def _not_before(options: EnqueueOptions, now: datetime) -> datetime | None:

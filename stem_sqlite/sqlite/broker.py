@@ -156,7 +156,7 @@ class SqliteBroker:
     # -- publishing ----------
 
     def _job_params(self, envelope: Envelope, now: int) -> dict[str, Any]:
-        envelope.check_json()
+        text = envelope.to_json()  # refuses a non-JSON value before anything is written
         visible_at = datetime_to_ms(envelope.not_before) if envelope.not_before else now
         lease = envelope.visibility_timeout
         return {
@@ -168,7 +168,7 @@ class SqliteBroker:
             "lease_ms": to_ms(lease) if lease else None,
             "attempt": envelope.attempt,
             "now": now,
-            "envelope": dumps(envelope.to_dict(), where="envelope"),
+            "envelope": text,
         }
 
     @staticmethod

@@ -375,6 +375,9 @@ def _connect(path: Path, role: Role, synchronous: str) -> sqlite3.Connection:
         _check_identity(conn, path, role)
         _retry_busy(lambda: _enable_wal(conn, path))
         conn.execute(f"PRAGMA synchronous = {synchronous}")
+        # A deep queue keeps the top of its indexes hot only with more than the default
+        # 2 MB of page cache; the cache grows only as pages are used.
+        conn.execute("PRAGMA cache_size = -32000")
         # A current file is only read: readers (stem-enqueue --wait, stem health)
         # never take the write lock just by opening it.
         if not _is_current(conn, role):

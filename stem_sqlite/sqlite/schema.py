@@ -78,10 +78,6 @@ BACKEND_MIGRATIONS: list[list[str]] = [
             PRIMARY KEY (namespace, id)
         ) WITHOUT ROWID""",
         "CREATE INDEX stem_task_results_recent ON stem_task_results (namespace, updated_at DESC)",
-        """CREATE INDEX stem_task_results_by_queue
-            ON stem_task_results (namespace, queue, updated_at DESC)""",
-        """CREATE INDEX stem_task_results_by_state
-            ON stem_task_results (namespace, state, updated_at DESC)""",
         "CREATE INDEX stem_task_results_expiry ON stem_task_results (expires_at)",
         """CREATE TABLE stem_groups (
             namespace TEXT NOT NULL,
