@@ -13,8 +13,10 @@ TOLERANCE = 0.20
 
 
 def main(old_path: str, new_path: str) -> int:
-    old = json.load(open(old_path))["ratios"]
-    new = json.load(open(new_path))["ratios"]
+    with open(old_path) as handle:
+        old = json.load(handle)["ratios"]
+    with open(new_path) as handle:
+        new = json.load(handle)["ratios"]
     worse = 0
     for name in sorted(set(old) & set(new)):
         before, after = old[name], new[name]

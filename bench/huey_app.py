@@ -7,8 +7,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import apps  # noqa: E402
-from huey import SqliteHuey  # noqa: E402
+import apps
+from huey import SqliteHuey
 
 huey = SqliteHuey("bench", filename=os.path.join(os.environ.get("BENCH_DIR", "."), "huey.db"))
 noop = huey.task(name="bench.noop")(apps.noop)

@@ -7,9 +7,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import apps  # noqa: E402
+import apps
 
-from stem_sqlite import Stem  # noqa: E402
+from stem_sqlite import Stem
 
 folder = os.environ.get("BENCH_DIR", ".")
 app = Stem()
