@@ -38,11 +38,10 @@ class Scheduler:
     def call_later(self, delay: float, callback: Callable[[], object]) -> Timer:
         timer = Timer()
         with self._wake:
-            heapq.heappush(
-                self._heap,
-                (time.monotonic() + max(0.0, delay), next(self._counter), timer, callback),
-            )
-            self._wake.notify()
+            when = time.monotonic() + max(0.0, delay)
+            heapq.heappush(self._heap, (when, next(self._counter), timer, callback))
+            if self._heap[0][2] is timer:  # only an earlier deadline needs the thread awake
+                self._wake.notify()
         return timer
 
     def every(self, interval: float, callback: Callable[[], None]) -> Timer:

@@ -281,6 +281,9 @@ class Worker:
     ) -> None:
         if event in self.counts:
             self.counts[event] += 1
+        level = logging.WARNING if event in ("failed", "lost", "unregistered") else logging.INFO
+        if not log.isEnabledFor(level):
+            return
         fields = {
             "event": event,
             "task": envelope.name,
@@ -298,7 +301,6 @@ class Worker:
         if note:
             fields["note"] = note
             text += f" ({note})"
-        level = logging.WARNING if event in ("failed", "lost", "unregistered") else logging.INFO
         log.log(level, text, extra={"stem": fields})
 
     # -- heartbeats ----------
