@@ -325,16 +325,7 @@ def preflight(path: str | os.PathLike[str], role: Role) -> Path:
 
 def prepare_path(path: str | os.PathLike[str], role: Role) -> Path:
     """Check the path, create its folder and (owner-only) the file; return it absolute."""
-    if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
-        raise ConfigurationError(
-            f"the {role.name} path must be a file path, got {path!r}; set {role.env_hint}"
-        )
-    resolved = Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
-    if resolved.is_dir():
-        raise StorageError(
-            f"the {role.name} path {resolved} is a folder; give a file path inside it, "
-            f"e.g. {resolved / 'stem.sqlite'}"
-        )
+    resolved = preflight(path, role)
     try:
         resolved.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -352,11 +343,6 @@ def prepare_path(path: str | os.PathLike[str], role: Role) -> Path:
             f"cannot create the {role.name} database {resolved}: {exc.strerror or exc}; "
             f"choose a writable location (set {role.env_hint})"
         ) from None
-    if not os.access(resolved, os.R_OK | os.W_OK):
-        raise StorageError(
-            f"the {role.name} database {resolved} is not readable and writable by this user; "
-            "fix its permissions or choose another path"
-        )
     return resolved
 
 

@@ -63,11 +63,11 @@ class Pipeline:
         task = app.tasks.get(envelope.name)
         worker.log_event("received", envelope)
         if task is None:
-            self.settler.fail_unregistered(envelope, delivery)
+            self.settler.fail_unregistered(delivery)
             worker.log_event("unregistered", envelope)
             return
         if delivery.delivery_count > worker.max_deliveries:
-            self.settler.fail_poisoned(envelope, delivery)
+            self.settler.fail_poisoned(delivery)
             worker.log_event("failed", envelope, note="delivery limit exceeded")
             return
         expires = envelope.meta.get(META_EXPIRES_AT)
@@ -77,7 +77,7 @@ class Pipeline:
             except ValueError:
                 expired = False
             if expired:
-                self.settler.cancel_expired(envelope, delivery, expires)
+                self.settler.cancel_expired(delivery, expires)
                 worker.log_event("cancelled", envelope, note="expired")
                 return
         if task.rate is not None:

@@ -227,51 +227,55 @@ class Settler:
 
     # -- terminal states decided before the body runs ----------
 
-    def cancel_expired(self, envelope: Envelope, delivery: Any, expired_at: str) -> None:
-        error = TaskError("TaskExpired", f"task expired at {expired_at} before it could run")
-        meta = {
-            **envelope.meta,
-            "queue": envelope.queue,
-            "stem.expired": True,
-            "expiredAt": iso(utcnow(self.worker.app.clock)),
-        }
+    def _end_unrun(
+        self,
+        delivery: Any,
+        state: TaskState,
+        error: TaskError,
+        extra_meta: dict[str, Any],
+        dead_letter_reason: str | None,
+    ) -> None:
+        """End a job this worker holds but will not run: store its final status (taking
+        the record over, as a fresh lease may), then ack or dead-letter it, then report
+        it to its group."""
+        envelope = delivery.envelope
+        meta = {**envelope.meta, "queue": envelope.queue, **extra_meta}
         self.backend.set(
             envelope.id,
-            TaskState.CANCELLED,
+            state,
             error=error,
             attempt=envelope.attempt,
             meta=meta,
             owner=delivery.receipt,
             take_over=True,
         )
-        if self.broker.ack(delivery):
+        if dead_letter_reason is None:
+            settled = self.broker.ack(delivery)
+        else:
+            settled = self.broker.dead_letter(
+                delivery, reason=dead_letter_reason, meta={"error": error.message}
+            )
+        if settled:
             self._group_result(
-                envelope,
-                TaskStatus(envelope.id, TaskState.CANCELLED, None, error, envelope.attempt, meta),
+                envelope, TaskStatus(envelope.id, state, None, error, envelope.attempt, meta)
             )
 
-    def fail_unregistered(self, envelope: Envelope, delivery: Any) -> None:
+    def cancel_expired(self, delivery: Any, expired_at: str) -> None:
+        """The job expired before it could run: cancelled, and its body never runs."""
+        error = TaskError("TaskExpired", f"task expired at {expired_at} before it could run")
+        extra = {"stem.expired": True, "expiredAt": iso(utcnow(self.worker.app.clock))}
+        self._end_unrun(delivery, TaskState.CANCELLED, error, extra, None)
+
+    def fail_unregistered(self, delivery: Any) -> None:
         """No task of this name here: dead-letter it and fail its status (so a waiter or
         a group does not wait forever)."""
-        message = f"no task named {envelope.name!r} is registered with worker {self.worker.name}"
-        error = TaskError("TaskNotRegistered", message)
-        meta = {**envelope.meta, "queue": envelope.queue}
-        self.backend.set(
-            envelope.id,
-            TaskState.FAILED,
-            error=error,
-            attempt=envelope.attempt,
-            meta=meta,
-            owner=delivery.receipt,
-            take_over=True,
+        message = (
+            f"no task named {delivery.envelope.name!r} is registered with worker {self.worker.name}"
         )
-        if self.broker.dead_letter(delivery, reason="unregistered-task", meta={"error": message}):
-            self._group_result(
-                envelope,
-                TaskStatus(envelope.id, TaskState.FAILED, None, error, envelope.attempt, meta),
-            )
+        error = TaskError("TaskNotRegistered", message)
+        self._end_unrun(delivery, TaskState.FAILED, error, {}, "unregistered-task")
 
-    def fail_poisoned(self, envelope: Envelope, delivery: Any) -> None:
+    def fail_poisoned(self, delivery: Any) -> None:
         """A job that keeps coming back without ever being settled (its worker died each
         time): stop the loop, fail it and keep it in the dead-letter store."""
         error = TaskError(
@@ -279,23 +283,7 @@ class Settler:
             f"the job was delivered {delivery.delivery_count} times without finishing; "
             "each worker that ran it stopped (crash, kill or lost lease)",
         )
-        meta = {**envelope.meta, "queue": envelope.queue}
-        self.backend.set(
-            envelope.id,
-            TaskState.FAILED,
-            error=error,
-            attempt=envelope.attempt,
-            meta=meta,
-            owner=delivery.receipt,
-            take_over=True,
-        )
-        if self.broker.dead_letter(
-            delivery, reason="delivery-limit-exceeded", meta={"error": error.message}
-        ):
-            self._group_result(
-                envelope,
-                TaskStatus(envelope.id, TaskState.FAILED, None, error, envelope.attempt, meta),
-            )
+        self._end_unrun(delivery, TaskState.FAILED, error, {}, "delivery-limit-exceeded")
 
     # -- groups and links ----------
 
