@@ -32,6 +32,8 @@ def parse_value(text: str) -> Any:
         return json.loads(text)
     except ValueError:
         return text
+    except RecursionError:
+        fail(f"the value {text[:40]!r}... is nested too deeply; flatten it")
 
 
 def split_arguments(values: list[str]) -> tuple[list[Any], dict[str, Any]]:
@@ -124,6 +126,8 @@ def main(
     if kwargs_json is not None:
         try:
             extra = json.loads(kwargs_json)
+        except RecursionError:
+            fail("--kwargs is nested too deeply; flatten it")
         except json.JSONDecodeError as exc:
             fail(
                 f"--kwargs is not valid JSON ({exc.msg} at position {exc.pos}); "

@@ -282,6 +282,8 @@ class Stem:
 
     def get_task(self, name: str) -> Task:
         """The registered task ``name``; ``TaskNotRegistered`` with near matches otherwise."""
+        if not isinstance(name, str) or not name.strip():
+            raise InvalidArgument(f"a task name must be a non-empty string, got {name!r}")
         task = self.tasks.get(name)
         if task is None:
             close = difflib.get_close_matches(name, list(self.tasks), n=3)

@@ -17,7 +17,10 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(","
 
 
 def encode_compact(value: Any) -> str:
-    """Compact JSON text; raises the encoder's own TypeError/ValueError (no diagnosis)."""
+    """Compact JSON text; raises TypeError/ValueError (no diagnosis) for what is not JSON,
+    non-text object keys included."""
+    if not _keys_are_text(value):
+        raise TypeError("a JSON object key is not text")
     return _ENCODER.encode(value)
 
 
@@ -29,10 +32,30 @@ def dumps(value: Any, *, where: str) -> str:
     the value is not JSON: an object of another type, a non-string key, NaN or infinity.
     """
     try:
-        return _ENCODER.encode(value)
+        if _keys_are_text(value):
+            return _ENCODER.encode(value)
     except (TypeError, ValueError, RecursionError):
-        problem = find_non_json(value, where)
-        raise InvalidPayload(problem or f"{where} is not a JSON value") from None
+        pass
+    problem = find_non_json(value, where)
+    raise InvalidPayload(problem or f"{where} is not a JSON value") from None
+
+
+def _keys_are_text(value: Any, depth: int = 0) -> bool:
+    """JSON's encoder turns 1 or True keys into text silently (and can merge two keys):
+    such data would not come back as it went in, so it is refused instead."""
+    if depth > 200:
+        return False
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return False
+            if isinstance(item, (dict, list, tuple)) and not _keys_are_text(item, depth + 1):
+                return False
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            if isinstance(item, (dict, list, tuple)) and not _keys_are_text(item, depth + 1):
+                return False
+    return True
 
 
 def loads(text: str | bytes | None) -> Any:

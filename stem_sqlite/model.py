@@ -40,9 +40,14 @@ def clean_queue_name(queue: object, *, name: str = "queue") -> str:
     return trimmed
 
 
+INT_LIMIT = 2**62  # comfortably inside SQLite's 64-bit integers
+
+
 def _check_int(value: object, *, name: str, minimum: int | None = None) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise InvalidArgument(f"{name} must be an integer, got {value!r}")
+    if not -INT_LIMIT <= value <= INT_LIMIT:
+        raise InvalidArgument(f"{name} must be between -2**62 and 2**62, got {value}")
     if minimum is not None and value < minimum:
         raise InvalidArgument(f"{name} must be {minimum} or more, got {value}")
     return value

@@ -75,6 +75,14 @@ def build_envelope(
     """
     if isinstance(args, (str, bytes)) or not isinstance(args, (list, tuple)):
         raise InvalidArgument(f"args must be a list or tuple, got {args!r}")
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise InvalidArgument(f"kwargs must be a dict, got {type(kwargs).__name__}")
+    for label in ("headers", "meta"):
+        given = getattr(options, label)
+        if given is not None and not isinstance(given, dict):
+            raise InvalidArgument(f"{label} must be a dict, got {type(given).__name__}")
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidArgument(f"the task name must be a non-empty string, got {name!r}")
     kwargs = dict(kwargs or {})
     defaults = task_defaults
     headers: dict[str, Any] = {}

@@ -17,6 +17,9 @@ from .errors import InvalidArgument
 
 Duration = float | int | timedelta
 
+#: The longest duration accepted anywhere (100 years): beyond it dates overflow.
+MAX_SECONDS = 100 * 365.25 * 24 * 3600
+
 
 class Clock(Protocol):
     """Where "now" comes from. Tests inject a manual clock; production uses the system's."""
@@ -67,6 +70,10 @@ def to_seconds(value: Duration, *, name: str, allow_zero: bool = True) -> float:
         )
     if math.isnan(seconds) or math.isinf(seconds):
         raise InvalidArgument(f"{name} must be a finite duration, got {value!r}")
+    if seconds > MAX_SECONDS:
+        raise InvalidArgument(
+            f"{name} must be at most {MAX_SECONDS:.0f} seconds (100 years), got {value!r}"
+        )
     if seconds < 0 or (seconds == 0 and not allow_zero):
         bound = "zero or more" if allow_zero else "more than zero"
         raise InvalidArgument(f"{name} must be {bound} seconds, got {value!r}")
@@ -87,7 +94,15 @@ def require_aware(value: datetime, *, name: str) -> datetime:
             f"{name} must be timezone-aware (e.g. datetime.now(timezone.utc)), "
             f"got the naive datetime {value.isoformat()}"
         )
-    return value.astimezone(UTC)
+    try:
+        utc = value.astimezone(UTC)
+    except OverflowError:
+        raise InvalidArgument(
+            f"{name} is out of the supported range: {value.isoformat()}"
+        ) from None
+    if not 1970 <= utc.year <= 9998:
+        raise InvalidArgument(f"{name} must be between 1970 and 9998 (UTC), got {utc.isoformat()}")
+    return utc
 
 
 def to_ms(seconds: float) -> int:
@@ -107,7 +122,10 @@ def datetime_to_ms(value: datetime) -> int:
 def iso(value: datetime) -> str:
     """The canonical text form of a timestamp: UTC, millisecond precision, ``Z`` suffix."""
     utc = value.astimezone(UTC)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+    return (
+        f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T{utc.hour:02d}:{utc.minute:02d}:"
+        f"{utc.second:02d}.{utc.microsecond // 1000:03d}Z"
+    )
 
 
 def parse_iso(text: str) -> datetime:

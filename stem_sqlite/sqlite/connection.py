@@ -23,6 +23,8 @@ from typing import Any
 from ..errors import (
     ConfigurationError,
     DatabaseBusy,
+    InvalidArgument,
+    InvalidPayload,
     NotAStemDatabase,
     SchemaTooNew,
     StemError,
@@ -104,6 +106,8 @@ class Database:
                 yield self._conn
             except sqlite3.Error as exc:
                 raise translate_error(exc, self.path, self.role) from exc
+            except (UnicodeEncodeError, OverflowError) as exc:
+                raise unstorable(exc) from None
 
     def write_one(self, sql: str, params: object = ()) -> WriteResult:
         """Run one writing statement as its own transaction (autocommit).
@@ -120,6 +124,8 @@ class Database:
                 result = WriteResult(cursor.fetchall(), cursor.rowcount)
             except sqlite3.Error as exc:
                 raise translate_error(exc, self.path, self.role) from exc
+            except (UnicodeEncodeError, OverflowError) as exc:
+                raise unstorable(exc) from None
         if result.rowcount > 0:  # an empty claim must not wake the waiters (a busy loop)
             self.notify_change()
         return result
@@ -146,6 +152,8 @@ class Database:
                         conn.execute("ROLLBACK")
                 if isinstance(exc, sqlite3.Error):
                     raise translate_error(exc, self.path, self.role) from exc
+                if isinstance(exc, (UnicodeEncodeError, OverflowError)):
+                    raise unstorable(exc) from None
                 raise
         self.notify_change()
 
@@ -337,12 +345,22 @@ def prepare_path(path: str | os.PathLike[str], role: Role) -> Path:
         fd = os.open(resolved, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
         os.close(fd)
     except FileExistsError:
-        pass
+        return resolved
     except OSError as exc:
         raise StorageError(
             f"cannot create the {role.name} database {resolved}: {exc.strerror or exc}; "
             f"choose a writable location (set {role.env_hint})"
         ) from None
+    if not os.access(resolved, os.R_OK | os.W_OK):
+        # A strict umask (e.g. 0277) made a file we could not use: leave nothing behind.
+        resolved.unlink(missing_ok=True)
+        mask = os.umask(0)
+        os.umask(mask)
+        raise StorageError(
+            f"the {role.name} database {resolved} would not be readable and writable by this "
+            f"user under the umask {mask:04o}; use a umask that keeps owner read and write "
+            "(e.g. 077)"
+        )
     return resolved
 
 
@@ -460,6 +478,16 @@ def _is_busy(exc: sqlite3.Error) -> bool:
     return "locked" in text or "busy" in text
 
 
+def unstorable(exc: Exception) -> StemError:
+    """A value SQLite cannot bind: text with lone surrogates, or an integer past 64 bits."""
+    if isinstance(exc, UnicodeEncodeError):
+        return InvalidPayload(
+            "a value contains text that is not valid Unicode (a lone surrogate such as "
+            f"{exc.object[exc.start : exc.end]!r}); pass proper UTF-8 text"
+        )
+    return InvalidArgument(f"a number is too large to store ({exc}); SQLite integers are 64-bit")
+
+
 def translate_error(exc: sqlite3.Error, path: Path, role: Role) -> StemError:
     """Turn a sqlite3 error into a StemError that names the file and what to do."""
     text = str(exc)
@@ -477,6 +505,12 @@ def translate_error(exc: sqlite3.Error, path: Path, role: Role) -> StemError:
     if "not a database" in lowered or "malformed" in lowered:
         return NotAStemDatabase(
             f"{path} is not a usable SQLite database ({text}); give the {role.name} a new file"
+        )
+    if "disk i/o error" in lowered:
+        return StorageError(
+            f"writing the {role.name} database {path} failed ({text}): the disk is full, a "
+            "file-size limit (ulimit -f) was reached, or the device failed; free space or "
+            "raise the limit and retry"
         )
     if "readonly" in lowered or "read-only" in lowered:
         return StorageError(

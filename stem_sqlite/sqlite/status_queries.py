@@ -55,12 +55,6 @@ class GroupResults(Mapping[str, TaskStatus]):
         return f"GroupResults({dict(self)!r})"
 
 
-def _json_path(key: str) -> str:
-    if not isinstance(key, str) or not key:
-        raise InvalidArgument(f"meta filter keys must be non-empty strings, got {key!r}")
-    return '$."' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 class StatusQueries:
     """Read-side queries of the result backend, shared by its engine class."""
 
@@ -88,13 +82,18 @@ class StatusQueries:
             clauses.append("queue = ?")
             params.append(queue)
         for key, value in (meta or {}).items():
-            path = _json_path(key)
+            if not isinstance(key, str) or not key:
+                raise InvalidArgument(f"meta filter keys must be non-empty strings, got {key!r}")
+            # The key is a parameter too (a JSON path would need quoting rules of its own).
             if value is None:
-                clauses.append("json_type(meta, ?) IS NOT NULL")
-                params.append(path)
+                clauses.append("EXISTS (SELECT 1 FROM json_each(meta) WHERE key = ?)")
+                params.append(key)
             else:
-                clauses.append("json_extract(meta, ?) IS json_extract(?, '$')")
-                params.extend([path, dumps(value, where=f"meta filter {key!r}")])
+                clauses.append(
+                    "EXISTS (SELECT 1 FROM json_each(meta) WHERE key = ?"
+                    " AND value IS json_extract(?, '$'))"
+                )
+                params.extend([key, dumps(value, where=f"meta filter {key!r}")])
         return " AND ".join(clauses), params
 
     def list_task_statuses(

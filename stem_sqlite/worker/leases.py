@@ -8,6 +8,7 @@ import threading
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from ..errors import StemError
 from ..model import Delivery
 
 if TYPE_CHECKING:
@@ -44,7 +45,19 @@ class HeldLease:
                 self._timer = self._scheduler.call_later(self.duration / 3, self._tick)
 
     def _tick(self) -> None:
-        if self.renew(self.duration):
+        try:
+            held = self.renew(self.duration)
+        except StemError as exc:
+            # The database was busy or failing: the lease still holds until it ends, so
+            # try again soon instead of giving up on it.
+            log.warning("renewing the lease of job %s failed (%s); retrying", self.delivery.id, exc)
+            with self._lock:
+                if not self._stopped:
+                    self._timer = self._scheduler.call_later(
+                        min(1.0, self.duration / 10), self._tick
+                    )
+            return
+        if held:
             self._schedule()
 
     def renew(self, by: float) -> bool:

@@ -17,6 +17,7 @@ from ..options import (
 from ..timeutil import iso, parse_iso, utcnow
 from .execution import Execution, WorkerChannel
 from .leases import HeldLease
+from .patience import Patient
 from .runner import run_body
 from .settle import Settler
 
@@ -48,7 +49,7 @@ class Pipeline:
         except Exception:
             log.exception("worker error while handling job %s; releasing it", delivery.id)
             try:
-                self.worker.app.broker.nack(delivery, requeue=True)
+                Patient(self.worker.app.broker).nack(delivery, requeue=True)
             except Exception:
                 log.exception(
                     "could not release job %s; it returns when its lease ends", delivery.id
@@ -102,7 +103,7 @@ class Pipeline:
         execution = Execution(delivery, task, now, lease, meta)
         worker.track(execution)
         try:
-            app.backend.set(
+            Patient(app.backend).set(
                 envelope.id,
                 TaskState.RUNNING,
                 attempt=envelope.attempt,

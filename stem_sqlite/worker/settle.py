@@ -25,6 +25,7 @@ from ..timeutil import iso, parse_iso, utcnow
 from .canvas_steps import break_chain, continue_chain, settle_chord
 from .execution import Execution
 from .outcome import Outcome
+from .patience import Patient
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -51,11 +52,11 @@ class Settler:
 
     @property
     def backend(self) -> Any:
-        return self.worker.app.backend
+        return Patient(self.worker.app.backend)
 
     @property
     def broker(self) -> Any:
-        return self.worker.app.broker
+        return Patient(self.worker.app.broker)
 
     def _meta(self, execution: Execution, **extra: Any) -> dict[str, Any]:
         return {**execution.running_meta, **extra}
