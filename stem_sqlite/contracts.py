@@ -138,6 +138,7 @@ class ResultBackend(Protocol):
         ttl: Duration | None = None,
         owner: str | None = None,
         take_over: bool = False,
+        epoch: int | None = None,
     ) -> bool: ...
 
     def get(self, task_id: str) -> TaskStatus | None: ...

@@ -142,6 +142,7 @@ class SqliteResultBackend(StatusQueries):
         ttl: Duration | None = None,
         owner: str | None = None,
         take_over: bool = False,
+        epoch: int | None = None,
     ) -> bool:
         """Replace the task's whole record; its TTL restarts. Returns whether it was written.
 
@@ -152,6 +153,8 @@ class SqliteResultBackend(StatusQueries):
         has no owner or the same one, so a worker whose lease was taken over cannot
         overwrite the newer run's status. ``take_over=True`` (for the holder of a fresh
         lease that settles a job without running it) writes like ``running`` does.
+        ``epoch`` (when the writer's lease began) keeps an older lease from taking over
+        a record written by a newer one.
         """
         _check_id(task_id, "task_id")
         task_state = coerce_state(state)
@@ -174,12 +177,15 @@ class SqliteResultBackend(StatusQueries):
             "now": now,
             "expires_at": now + to_ms(life),
             "owner": owner,
+            "epoch": epoch,
         }
         statement = sql.UPSERT_STATUS
         if task_state is TaskState.QUEUED:
             statement += sql.UPSERT_QUEUED_SUFFIX
         elif owner is not None and task_state is not TaskState.RUNNING and not take_over:
             statement += sql.UPSERT_OWNED_SUFFIX
+        elif owner is not None and epoch is not None:
+            statement += sql.UPSERT_TAKE_OVER_SUFFIX
         statement += " RETURNING revision"
         row = self._db.write_one(statement, params).fetchone()
         if row is None:

@@ -5,13 +5,14 @@
 # Served by the primary key (namespace, id).
 UPSERT_STATUS = """
 INSERT INTO stem_task_results (namespace, id, state, queue, payload, error, attempt, meta,
-                               revision, owner, created_at, updated_at, expires_at)
-VALUES (:ns, :id, :state, :queue, :payload, :error, :attempt, :meta, 1, :owner, :now, :now,
-        :expires_at)
+                               revision, owner, epoch, created_at, updated_at, expires_at)
+VALUES (:ns, :id, :state, :queue, :payload, :error, :attempt, :meta, 1, :owner, :epoch, :now,
+        :now, :expires_at)
 ON CONFLICT (namespace, id) DO UPDATE SET
     state = excluded.state, queue = excluded.queue, payload = excluded.payload,
     error = excluded.error, attempt = excluded.attempt, meta = excluded.meta,
     revision = stem_task_results.revision + 1, owner = excluded.owner,
+    epoch = COALESCE(excluded.epoch, stem_task_results.epoch),
     created_at = CASE WHEN stem_task_results.expires_at <= excluded.updated_at
                       THEN excluded.created_at ELSE stem_task_results.created_at END,
     updated_at = excluded.updated_at, expires_at = excluded.expires_at
@@ -28,6 +29,15 @@ WHERE stem_task_results.state = 'queued' OR stem_task_results.expires_at <= excl
 # paused must not overwrite the newer run's status.
 UPSERT_OWNED_SUFFIX = """
 WHERE stem_task_results.owner IS NULL OR stem_task_results.owner = excluded.owner
+   OR stem_task_results.expires_at <= excluded.updated_at
+"""
+
+# A lease that takes a record over (running, or settling a job it will not run) must be
+# at least as new as the lease that wrote it: a worker that resumes after a pause with
+# a lease long since taken over cannot turn the newer run's status back.
+UPSERT_TAKE_OVER_SUFFIX = """
+WHERE stem_task_results.epoch IS NULL OR excluded.epoch IS NULL
+   OR excluded.epoch >= stem_task_results.epoch
    OR stem_task_results.expires_at <= excluded.updated_at
 """
 

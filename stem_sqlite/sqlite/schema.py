@@ -72,6 +72,7 @@ BACKEND_MIGRATIONS: list[list[str]] = [
             meta TEXT NOT NULL DEFAULT '{}',
             revision INTEGER NOT NULL DEFAULT 1,
             owner TEXT,
+            epoch INTEGER,
             created_at INTEGER NOT NULL,
             updated_at INTEGER NOT NULL,
             expires_at INTEGER NOT NULL,

@@ -17,6 +17,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("stem_sqlite.worker")
 
 
+def lease_epoch(delivery: Delivery) -> int:
+    """When the lease began, in epoch milliseconds: later leases of a job have larger
+    epochs, so a status record is never taken over by an older lease."""
+    claimed = delivery.lease_expires_at.timestamp() - delivery.lease_duration
+    return round(claimed * 1000)
+
+
 class HeldLease:
     """The worker's hold on one delivery. ``lost`` turns True when a renewal is refused
     (another consumer took the job over); outcomes of a lost lease are never stored."""

@@ -16,7 +16,7 @@ from ..options import (
 )
 from ..timeutil import iso, parse_iso, utcnow
 from .execution import Execution, WorkerChannel
-from .leases import HeldLease
+from .leases import HeldLease, lease_epoch
 from .patience import Patient
 from .runner import run_body
 from .settle import Settler
@@ -49,7 +49,7 @@ class Pipeline:
         except Exception:
             log.exception("worker error while handling job %s; releasing it", delivery.id)
             try:
-                Patient(self.worker.app.broker).nack(delivery, requeue=True)
+                self.worker.app.broker.nack(delivery, requeue=True)
             except Exception:
                 log.exception(
                     "could not release job %s; it returns when its lease ends", delivery.id
@@ -97,19 +97,31 @@ class Pipeline:
         }
         if task.ignore_result and META_IGNORE_RESULT not in meta:
             meta[META_IGNORE_RESULT] = True
-        if lease.lost:
+        if lease.lost or not lease.renew(lease.duration):
+            # Taken over while it waited here: settle it as ours no more (the refused
+            # nack frees its prefetch slot and changes nothing in the broker).
+            Patient(app.broker).nack(delivery, requeue=True)
             worker.log_event("lost", envelope, note="lease lost before the task started")
             return
         execution = Execution(delivery, task, now, lease, meta)
         worker.track(execution)
         try:
-            Patient(app.backend).set(
+            # Not patient: nothing has run yet, so a busy database just sends the job back
+            # (and a job that always fails here ends in the dead-letter store).
+            started = app.backend.set(
                 envelope.id,
                 TaskState.RUNNING,
                 attempt=envelope.attempt,
                 meta=dict(meta),
                 owner=execution.owner,
+                epoch=lease_epoch(delivery),
             )
+            if not started:
+                # A newer lease of this job already wrote its status: ours is stale.
+                execution.abandoned = True
+                Patient(app.broker).nack(delivery, requeue=True)
+                worker.log_event("lost", envelope, note="a newer run owns the task")
+                return
             outcome = self._run(execution)
         finally:
             execution.cancel_timers()

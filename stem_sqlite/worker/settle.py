@@ -24,6 +24,7 @@ from ..signature import Signature
 from ..timeutil import iso, parse_iso, utcnow
 from .canvas_steps import break_chain, continue_chain, settle_chord
 from .execution import Execution
+from .leases import lease_epoch
 from .outcome import Outcome
 from .patience import Patient
 
@@ -249,6 +250,7 @@ class Settler:
             meta=meta,
             owner=delivery.receipt,
             take_over=True,
+            epoch=lease_epoch(delivery),
         )
         if dead_letter_reason is None:
             settled = self.broker.ack(delivery)

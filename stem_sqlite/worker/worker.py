@@ -20,7 +20,7 @@ from ..model import Delivery, Envelope, TaskState, WorkerHeartbeat, clean_queue_
 from ..retry import RandomSource
 from ..timeutil import iso, utcnow
 from .execution import Execution
-from .leases import HeldLease
+from .leases import HeldLease, lease_epoch
 from .pipeline import Pipeline
 from .processes import ProcessPool, importable
 from .ratelimit import RateLimiter
@@ -86,6 +86,7 @@ class Worker:
         self._active_lock = threading.Lock()
         self._consumers: list[Any] = []
         self._threads: list[threading.Thread] = []
+        self._signals: list[int] = []  # appended by the signal handler, read by run()
         self._stopping = threading.Event()
         self._settled = threading.Event()
         self._stopped = threading.Event()
@@ -266,6 +267,7 @@ class Worker:
             },
             owner=delivery.receipt,
             take_over=True,
+            epoch=lease_epoch(delivery),
         )
         self.app.broker.reschedule(delivery, later)
         self.log_event("deferred", envelope, note=f"rate limit, {wait:.3g}s")
@@ -353,6 +355,7 @@ class Worker:
             on_ready()  # e.g. the CLI's banner: the files are open, the first beat stored
         idle_since: float | None = None
         while not self._shutdown_requested.wait(0.05):
+            self._take_signals()
             if burst:
                 if self._queues_empty():
                     idle_since = idle_since or time.monotonic()
@@ -377,13 +380,22 @@ class Worker:
         )
 
     def _install_signal_handlers(self) -> None:
-        def first(signum: int, frame: Any) -> None:
+        def record(signum: int, frame: Any) -> None:
+            # Only note it: a handler may interrupt code that holds a lock (even inside
+            # Event.set), so the shutdown itself runs from the main loop.
+            self._signals.append(signum)
+
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+            signal.signal(signum, record)
+
+    def _take_signals(self) -> None:
+        """Turn signals noted by the handler into shutdowns: the first SIGTERM/SIGINT is
+        warm, any later one (or SIGQUIT) hard."""
+        while self._signals:
+            signum = self._signals.pop(0)
             mode = "hard" if self._mode >= 0 or signum == signal.SIGQUIT else "warm"
             log.warning("received %s: %s shutdown", signal.Signals(signum).name, mode)
             self.shutdown(mode)
-
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
-            signal.signal(signum, first)
 
     def shutdown(self, mode: str = "warm") -> None:
         """Stop taking work. ``warm``: let running tasks finish (up to shutdown_timeout);
@@ -421,6 +433,7 @@ class Worker:
             return
         deadline = time.monotonic() + self.shutdown_timeout
         while time.monotonic() < deadline and self._mode < 2:
+            self._take_signals()
             with self._active_lock:
                 if not self._active:
                     break
@@ -434,8 +447,10 @@ class Worker:
             self._work.put(_STOP)
         # Deliveries received but never started go straight back to the queue.
         for thread in self._threads:
-            if self._mode < 2:
-                thread.join(timeout=self.shutdown_timeout)
+            until = time.monotonic() + self.shutdown_timeout
+            while thread.is_alive() and self._mode < 2 and time.monotonic() < until:
+                self._take_signals()
+                thread.join(timeout=0.05)
         while True:
             try:
                 item = self._work.get_nowait()
