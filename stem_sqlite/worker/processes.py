@@ -7,6 +7,7 @@ process is killed and a fresh one takes its place. Children are started with
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -62,6 +63,8 @@ class ChildProcess:
         self.process.start()
         child_end.close()
         self.ready = False
+        self._closing = threading.Lock()
+        self._closed = False
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Wait for the child's signal handlers (a signal before them would kill it)."""
@@ -87,10 +90,17 @@ class ChildProcess:
                 pass
 
     def kill(self) -> None:
+        """Kill the process and close the pipe; safe to call twice (a hard shutdown and
+        the task's own thread may both get here)."""
+        with self._closing:
+            if self._closed:
+                return
+            self._closed = True
         if self.alive:
             self.process.kill()
         self.process.join(timeout=5)
-        self.conn.close()
+        with contextlib.suppress(OSError):
+            self.conn.close()
 
     def stop(self) -> None:
         try:
@@ -98,8 +108,7 @@ class ChildProcess:
         except OSError:
             pass
         self.process.join(timeout=2)
-        if self.alive:
-            self.kill()
+        self.kill()  # closes the pipe; kills only if it did not stop
 
 
 class ProcessPool:
