@@ -97,7 +97,7 @@ class Pipeline:
         }
         if task.ignore_result and META_IGNORE_RESULT not in meta:
             meta[META_IGNORE_RESULT] = True
-        if lease.lost or not lease.renew(lease.duration):
+        if lease.lost:
             # Taken over while it waited here: settle it as ours no more (the refused
             # nack frees its prefetch slot and changes nothing in the broker).
             Patient(app.broker).nack(delivery, requeue=True)
@@ -120,7 +120,7 @@ class Pipeline:
                 # A newer lease of this job already wrote its status: ours is stale.
                 execution.abandoned = True
                 Patient(app.broker).nack(delivery, requeue=True)
-                worker.log_event("lost", envelope, note="a newer run owns the task")
+                worker.log_event("lost", envelope, note="lease lost: a newer run owns the task")
                 return
             outcome = self._run(execution)
         finally:
