@@ -1,6 +1,6 @@
 """stem-sqlite's benchmark: stem-sqlite, Huey's SQLite storage and raw sqlite3, one run.
 
-    ./dev bench                      # N=10000, 3 repetitions, about 6-8 minutes on 2 cores
+    ./dev bench                      # N=10000, 3 repetitions, about 3 minutes on 2 cores
     ./dev bench --quick              # N=2000, 1 repetition, depth 20,000 (a smoke run)
     ./dev bench --json out.json      # also write the results (bench/compare.py diffs two)
 
