@@ -9,7 +9,8 @@ import typer
 
 from stem_sqlite import Stem, __version__
 from stem_sqlite.paths import DatabasePaths
-from stem_sqlite.sqlite.connection import BACKEND, BROKER, preflight
+from stem_sqlite.sqlite.files import preflight
+from stem_sqlite.sqlite.schema import BACKEND, BROKER
 
 #: The app a frozen bundle runs when no --app is given (the bundled example).
 BUNDLED_APP = "task_context_mixed.tasks"

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from .codec import check_json, encode_compact
-from .errors import InvalidArgument
+from .errors import InvalidArgument, InvalidPayload
 from .ids import new_id
 from .timeutil import (
     Duration,
@@ -28,10 +28,17 @@ from .timeutil import (
 JSONDict = dict[str, Any]
 
 
+def has_control_characters(text: str) -> bool:
+    """Names and ids are printed in logs and tables: control characters would garble them."""
+    return any(ord(c) < 32 or ord(c) == 127 for c in text)
+
+
 def clean_queue_name(queue: object, *, name: str = "queue") -> str:
     """Trim a queue name and refuse an empty one or one that is not text."""
     if not isinstance(queue, str):
         raise InvalidArgument(f"{name} must be a string, got {queue!r}")
+    if has_control_characters(queue):
+        raise InvalidArgument(f"{name} must not contain control characters, got {queue!r}")
     trimmed = queue.strip()
     if not trimmed:
         raise InvalidArgument(f"{name} must not be empty; pass a name such as 'default'")
@@ -81,6 +88,9 @@ class Envelope:
             raise InvalidArgument(f"task name must be a non-empty string, got {self.name!r}")
         if not isinstance(self.id, str) or not self.id.strip():
             raise InvalidArgument(f"envelope id must be a non-empty string, got {self.id!r}")
+        for label, text in (("task name", self.name), ("task id", self.id)):
+            if has_control_characters(text):
+                raise InvalidArgument(f"the {label} must not contain control characters: {text!r}")
         set_ = object.__setattr__
         set_(self, "queue", clean_queue_name(self.queue))
         if isinstance(self.args, list):
@@ -116,7 +126,9 @@ class Envelope:
                 ("meta", self.meta),
             ):
                 check_json(value, where=part)
-            raise
+            raise InvalidPayload(
+                f"envelope {self.id} cannot be stored as JSON (nested too deeply?)"
+            ) from None
 
     def check_json(self) -> None:
         """Raise ``InvalidPayload`` naming the key if args, kwargs, headers or meta are not JSON."""

@@ -34,8 +34,9 @@ from ..timeutil import (
 )
 from . import results_sql as sql
 from .broker import clean_namespace
-from .connection import BACKEND, Database, open_database, release_database
+from .connection import Database, open_database, release_database
 from .maintenance import Periodic
+from .schema import BACKEND
 from .status_queries import GroupResults, StatusQueries, status_from_row
 
 

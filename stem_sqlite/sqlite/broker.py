@@ -27,11 +27,12 @@ from ..timeutil import (
 )
 from . import dead_letters_sql as dl_sql
 from . import jobs_sql as sql
-from .connection import BROKER, Database, open_database, release_database
+from .connection import Database, open_database, release_database
 from .consumer import SqliteConsumer
 from .dead_letters import DeadLetterStore
 from .maintenance import Periodic
 from .rows import decode_envelope
+from .schema import BROKER
 
 log = logging.getLogger("stem_sqlite.broker")
 

@@ -22,38 +22,18 @@ from typing import Any
 
 from ..errors import (
     ConfigurationError,
-    DatabaseBusy,
-    InvalidArgument,
-    InvalidPayload,
     NotAStemDatabase,
     SchemaTooNew,
     StemError,
     StorageError,
 )
-from .schema import (
-    BACKEND_APPLICATION_ID,
-    BACKEND_MIGRATIONS,
-    BROKER_APPLICATION_ID,
-    BROKER_MIGRATIONS,
-    ROLE_NAMES,
-)
+from .failures import is_busy as _is_busy
+from .failures import translate_error, unstorable
+from .files import prepare_path, same_file_error
+from .schema import BACKEND, BROKER, ROLE_NAMES, Role
 
 BUSY_TIMEOUT_SECONDS = 5.0
 SYNCHRONOUS_MODES = ("NORMAL", "FULL")
-
-
-@dataclass(frozen=True)
-class Role:
-    name: str
-    application_id: int
-    migrations: list[list[str]]
-    env_hint: str
-
-
-BROKER = Role("broker", BROKER_APPLICATION_ID, BROKER_MIGRATIONS, "STEM_SQLITE_BROKER_PATH")
-BACKEND = Role(
-    "result backend", BACKEND_APPLICATION_ID, BACKEND_MIGRATIONS, "STEM_SQLITE_BACKEND_PATH"
-)
 
 
 @dataclass(frozen=True)
@@ -279,91 +259,6 @@ def release_database(db: Database) -> None:
             db._close_connection()
 
 
-def same_file_error(path: Path) -> ConfigurationError:
-    return ConfigurationError(
-        f"{path} cannot be both the broker and the result backend: SQLite allows one writer "
-        "per file, and workers would block producers on every result they store. "
-        "Use two files, e.g. stem_broker.sqlite and stem_backend.sqlite "
-        "(STEM_SQLITE_BROKER_PATH and STEM_SQLITE_BACKEND_PATH)"
-    )
-
-
-SQLITE_HEADER = b"SQLite format 3\x00"
-
-
-def preflight(path: str | os.PathLike[str], role: Role) -> Path:
-    """Check, without creating or changing anything, that ``path`` can hold ``role``.
-
-    Lets a tool refuse a bad second path before it creates the first file.
-    """
-    if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
-        raise ConfigurationError(
-            f"the {role.name} path must be a file path, got {path!r}; set {role.env_hint}"
-        )
-    resolved = Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
-    if resolved.is_dir():
-        raise StorageError(
-            f"the {role.name} path {resolved} is a folder; give a file path inside it, "
-            f"e.g. {resolved / 'stem.sqlite'}"
-        )
-    if resolved.exists():
-        if not os.access(resolved, os.R_OK | os.W_OK):
-            raise StorageError(
-                f"the {role.name} database {resolved} is not readable and writable by this "
-                "user; fix its permissions or choose another path"
-            )
-        with open(resolved, "rb") as handle:
-            header = handle.read(len(SQLITE_HEADER))
-        if header and header != SQLITE_HEADER:
-            raise NotAStemDatabase(
-                f"{resolved} is not a SQLite database; give the {role.name} a new file path "
-                f"(set {role.env_hint}) or move that file away"
-            )
-        return resolved
-    ancestor = resolved.parent
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
-        raise StorageError(
-            f"cannot create the {role.name} database {resolved}: {ancestor} is not a writable "
-            f"folder; choose a writable location (set {role.env_hint})"
-        )
-    return resolved
-
-
-def prepare_path(path: str | os.PathLike[str], role: Role) -> Path:
-    """Check the path, create its folder and (owner-only) the file; return it absolute."""
-    resolved = preflight(path, role)
-    try:
-        resolved.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StorageError(
-            f"cannot create the folder {resolved.parent} for the {role.name} database: "
-            f"{exc.strerror or exc}; choose a writable location (set {role.env_hint})"
-        ) from None
-    try:
-        fd = os.open(resolved, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-        os.close(fd)
-    except FileExistsError:
-        return resolved
-    except OSError as exc:
-        raise StorageError(
-            f"cannot create the {role.name} database {resolved}: {exc.strerror or exc}; "
-            f"choose a writable location (set {role.env_hint})"
-        ) from None
-    if not os.access(resolved, os.R_OK | os.W_OK):
-        # A strict umask (e.g. 0277) made a file we could not use: leave nothing behind.
-        resolved.unlink(missing_ok=True)
-        mask = os.umask(0)
-        os.umask(mask)
-        raise StorageError(
-            f"the {role.name} database {resolved} would not be readable and writable by this "
-            f"user under the umask {mask:04o}; use a umask that keeps owner read and write "
-            "(e.g. 077)"
-        )
-    return resolved
-
-
 def _connect(path: Path, role: Role, synchronous: str) -> sqlite3.Connection:
     try:
         conn = sqlite3.connect(
@@ -471,54 +366,3 @@ def _retry_busy(action: object, attempts: int = 20) -> None:
             if not _is_busy(exc) or attempt == attempts - 1:
                 raise
             time.sleep(0.05 * (attempt + 1))
-
-
-def _is_busy(exc: sqlite3.Error) -> bool:
-    text = str(exc).lower()
-    return "locked" in text or "busy" in text
-
-
-def unstorable(exc: Exception) -> StemError:
-    """A value SQLite cannot bind: text with lone surrogates, or an integer past 64 bits."""
-    if isinstance(exc, UnicodeEncodeError):
-        return InvalidPayload(
-            "a value contains text that is not valid Unicode (a lone surrogate such as "
-            f"{exc.object[exc.start : exc.end]!r}); pass proper UTF-8 text"
-        )
-    return InvalidArgument(f"a number is too large to store ({exc}); SQLite integers are 64-bit")
-
-
-def translate_error(exc: sqlite3.Error, path: Path, role: Role) -> StemError:
-    """Turn a sqlite3 error into a StemError that names the file and what to do."""
-    text = str(exc)
-    lowered = text.lower()
-    if _is_busy(exc):
-        return DatabaseBusy(
-            f"the {role.name} database {path} stayed locked by another process for more than "
-            f"{BUSY_TIMEOUT_SECONDS:g}s ({text}); retry, or stop the process that holds it"
-        )
-    if "disk is full" in lowered or "database or disk is full" in lowered:
-        return StorageError(
-            f"the disk holding the {role.name} database {path} is full ({text}); free space and "
-            "retry (nothing was written by the failed call)"
-        )
-    if "not a database" in lowered or "malformed" in lowered:
-        return NotAStemDatabase(
-            f"{path} is not a usable SQLite database ({text}); give the {role.name} a new file"
-        )
-    if "disk i/o error" in lowered:
-        return StorageError(
-            f"writing the {role.name} database {path} failed ({text}): the disk is full, a "
-            "file-size limit (ulimit -f) was reached, or the device failed; free space or "
-            "raise the limit and retry"
-        )
-    if "readonly" in lowered or "read-only" in lowered:
-        return StorageError(
-            f"the {role.name} database {path} is read-only ({text}); fix its permissions"
-        )
-    if "unable to open" in lowered:
-        return StorageError(
-            f"cannot open the {role.name} database {path} ({text}); check that the folder "
-            "exists and is writable"
-        )
-    return StorageError(f"{role.name} database {path}: {text}")

@@ -11,6 +11,8 @@ includes the namespace, so two namespaces in one file never collide.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 BROKER_APPLICATION_ID = 0x53544D42  # "STMB"
 BACKEND_APPLICATION_ID = 0x53544D52  # "STMR"
 
@@ -121,3 +123,19 @@ BACKEND_MIGRATIONS: list[list[str]] = [
         "CREATE INDEX stem_worker_heartbeats_expiry ON stem_worker_heartbeats (expires_at)",
     ],
 ]
+
+
+@dataclass(frozen=True)
+class Role:
+    """What a file is for: its application id, its migrations, the variable that names it."""
+
+    name: str
+    application_id: int
+    migrations: list[list[str]]
+    env_hint: str
+
+
+BROKER = Role("broker", BROKER_APPLICATION_ID, BROKER_MIGRATIONS, "STEM_SQLITE_BROKER_PATH")
+BACKEND = Role(
+    "result backend", BACKEND_APPLICATION_ID, BACKEND_MIGRATIONS, "STEM_SQLITE_BACKEND_PATH"
+)

@@ -613,11 +613,19 @@ def check_cli_outcome(store: Store, backend: Path, before: list[Any], done: CliO
         assert lines[0].startswith("stem-enqueue: error: ") and len(lines[0]) > 21, lines
         assert store.dump() == before, "a refused command changed the broker file"
         return
+    if done.stdout.startswith(("stem-sqlite ", "Usage:")):
+        # --version and --help are eager: they answer and enqueue nothing.
+        assert store.dump() == before, "--version/--help changed the broker file"
+        return
     try:
         changed = [row for row in store.dump()[:-1] if row not in before]
         assert changed, "exit 0, but no job was stored"
+        printed = done.stdout
+        if done.stdout.startswith("{"):  # --json: ids are JSON-escaped
+            data = json.loads(done.stdout)
+            printed = "\n".join(data.get("ids") or [data.get("id", "")])
         for row in changed:
-            assert row[1] in done.stdout, f"the id {row[1]!r} was not printed: {done.stdout!r}"
+            assert row[1] in printed, f"the id {row[1]!r} was not printed: {done.stdout!r}"
             store.stored(row[1])  # readable by a worker
     finally:
         store.reset()
