@@ -16,8 +16,6 @@ from ..model import (
     TaskError,
     TaskState,
     TaskStatus,
-    TaskStatusPage,
-    TaskStatusRecord,
     WorkerHeartbeat,
     coerce_state,
 )
@@ -493,4 +491,4 @@ def _heartbeat_from_row(row: tuple[Any, ...]) -> WorkerHeartbeat:
     )
 
 
-__all__ = ["SqliteResultBackend", "TaskStatusPage", "TaskStatusRecord"]
+__all__ = ["SqliteResultBackend"]

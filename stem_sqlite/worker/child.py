@@ -19,7 +19,7 @@ from typing import Any
 from ..errors import SoftTimeLimitExceeded, StemError, TaskRevoked
 from ..model import Envelope
 from ..options import EnqueueOptions
-from ..signature import options_from_json, options_to_json
+from ..signature import options_to_json
 from .outcome import Outcome, error_outcome
 from .runner import run_body
 from .wire import outcome_to_wire
@@ -137,4 +137,4 @@ def child_main(conn: Connection, sys_path: list[str]) -> None:
             return
 
 
-__all__ = ["child_main", "options_from_json"]
+__all__ = ["child_main"]

@@ -18,7 +18,7 @@ from ..app import Stem
 from ..errors import InvalidArgument
 from ..model import Delivery, Envelope, TaskState, WorkerHeartbeat, clean_queue_name
 from ..retry import RandomSource
-from ..timeutil import iso, utcnow
+from ..timeutil import utcnow
 from .execution import Execution
 from .leases import HeldLease, lease_epoch
 from .pipeline import Pipeline
@@ -479,4 +479,4 @@ class Worker:
             return len(self._active)
 
 
-__all__ = ["Worker", "iso"]
+__all__ = ["Worker"]
