@@ -7,15 +7,13 @@ import contextlib
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from stem_sqlite import Stem, Worker
+from stem_sqlite import Stem
+from tests.runtime.conftest import run_burst as runtime_run_burst
 
 # Holds SQLite's write lock (BEGIN IMMEDIATE) on argv[1] until its stdin closes.
 LOCK_HOLDER = r"""
@@ -88,34 +86,9 @@ def job_rows(path: Path) -> list[tuple[Any, ...]]:
         conn.close()
 
 
-def new_worker(app: Stem, **options: Any) -> Worker:
-    options.setdefault("concurrency", 1)
-    options.setdefault("heartbeat_interval", 1)
-    options.setdefault("shutdown_timeout", 5)
-    return Worker(app, **options)
-
-
-def run_burst(app: Stem, *, timeout: float = 30.0, **options: Any) -> Worker:
-    """``Worker.run(burst=True)`` on a thread; fail the test if it does not return in time."""
-    worker = new_worker(app, **options)
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            worker.run(burst=True, install_signal_handlers=False)
-        except BaseException as exc:  # noqa: BLE001 - reported to the test below
-            errors.append(exc)
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        worker.shutdown("hard")
-        thread.join(5)
-        pytest.fail(f"run(burst=True) did not return within {timeout}s")
-    if errors:
-        raise errors[0]
-    return worker
+def run_burst(app: Stem, *, timeout: float = 30.0, **options: Any) -> None:
+    """The runtime suite's burst runner, with the longer deadline these faults need."""
+    runtime_run_burst(app, timeout=timeout, **options)
 
 
 # -- module-level task bodies (a process-pool child imports them by name) ----------

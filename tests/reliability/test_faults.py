@@ -33,10 +33,10 @@ from tests.conftest import wait_for
 from tests.reliability.fault_helpers import (
     integrity,
     job_rows,
-    new_worker,
     run_burst,
     write_lock_held,
 )
+from tests.runtime.conftest import new_worker
 
 PAD = "x" * 3000  # a few KB per job: a 2 MB disk fills after a few hundred
 
