@@ -35,6 +35,8 @@ PLAN: list[tuple[str, str, str, str, str]] = [
     ("w1b.stem", "stem", "bulk", "N", ""),
     ("w2.stem.c1", "stem", "drain", "N", "1"),
     ("w2.stem.default", "stem", "drain", "N", ""),
+    ("w2.stem.c1.pm64", "stem", "drain", "N", "1:64"),
+    ("w2.stem.default.pm64", "stem", "drain", "N", ":64"),
     ("w2.huey.c1", "huey", "drain", "N", "1"),
     ("w2.huey.default", "huey", "drain", "N", ""),
     ("w3.stem", "stem", "latency", "N", ""),
@@ -170,6 +172,8 @@ def report(results: dict[str, Any], flat: dict[str, float], args: Any, wall: flo
         "w1b.stem": ("limit.bulk", None),
         "w2.stem.c1": ("limit.claim_ack", "w2.huey.c1"),
         "w2.stem.default": ("limit.claim_ack", "w2.huey.default"),
+        "w2.stem.c1.pm64": ("limit.claim_ack", "w2.huey.c1"),
+        "w2.stem.default.pm64": ("limit.claim_ack", "w2.huey.default"),
         "w2.huey.c1": ("limit.claim_ack", None),
         "w2.huey.default": ("limit.claim_ack", None),
     }

@@ -19,6 +19,7 @@ from .model import (
     GroupDescriptor,
     GroupStatus,
     ReplayResult,
+    StatusWrite,
     TaskError,
     TaskState,
     TaskStatus,
@@ -74,6 +75,8 @@ class Broker(Protocol):
     ) -> Consumer: ...
 
     def ack(self, delivery: Delivery) -> bool: ...
+
+    def ack_many(self, deliveries: Sequence[Delivery]) -> list[bool]: ...
 
     def nack(self, delivery: Delivery, *, requeue: bool = True) -> bool: ...
 
@@ -140,6 +143,8 @@ class ResultBackend(Protocol):
         take_over: bool = False,
         epoch: int | None = None,
     ) -> bool: ...
+
+    def set_many(self, writes: Sequence[StatusWrite]) -> list[bool]: ...
 
     def get(self, task_id: str) -> TaskStatus | None: ...
 

@@ -8,6 +8,7 @@ it without knowing its Python shape.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -28,9 +29,12 @@ from .timeutil import (
 JSONDict = dict[str, Any]
 
 
+_CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f]")
+
+
 def has_control_characters(text: str) -> bool:
     """Names and ids are printed in logs and tables: control characters would garble them."""
-    return any(ord(c) < 32 or ord(c) == 127 for c in text)
+    return _CONTROL_CHARACTER.search(text) is not None
 
 
 def clean_queue_name(queue: object, *, name: str = "queue") -> str:
@@ -265,6 +269,23 @@ class TaskStatus:
     error: TaskError | None = None
     attempt: int = 0
     meta: JSONDict = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class StatusWrite:
+    """One ``ResultBackend.set`` call as data, for ``set_many`` (the same fields, the same
+    meaning: see ``set``)."""
+
+    task_id: str
+    state: TaskState | str
+    payload: Any = None
+    error: TaskError | None = None
+    attempt: int = 0
+    meta: JSONDict | None = None
+    ttl: float | timedelta | None = None
+    owner: str | None = None
+    take_over: bool = False
+    epoch: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import queue as queue_module
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from typing import Any
 
 from ..codec import dumps
 from ..errors import InvalidArgument, ResultTimeout, StemError
 from ..model import (
+    StatusWrite,
     TaskError,
     TaskState,
     TaskStatus,
@@ -149,43 +150,77 @@ class SqliteResultBackend(StatusQueries, GroupsAndHeartbeats):
         ``epoch`` (when the writer's lease began) keeps an older lease from taking over
         a record written by a newer one.
         """
+        write = StatusWrite(
+            task_id, state, payload, error, attempt, meta, ttl, owner, take_over, epoch
+        )
+        statement, params, status = self._prepare(write)
+        row = self._db.write_one(statement, params).fetchone()
+        if row is None:
+            return False
+        self._push(task_id, int(row[0]), status)
+        return True
+
+    def set_many(self, writes: Sequence[StatusWrite]) -> list[bool]:
+        """Apply several :meth:`set` calls in one transaction, in order (one commit for
+        them all: how a worker stores the statuses of many short tasks). Returns, for
+        each write, whether it was written; every write is checked before any is made."""
+        prepared = [self._prepare(write) for write in writes]
+        if not prepared:
+            return []
+        revisions: list[int | None] = []
+        if len(prepared) == 1:  # one statement is its own transaction: one round trip
+            statement, params, _status = prepared[0]
+            row = self._db.write_one(statement, params).fetchone()
+            revisions.append(None if row is None else int(row[0]))
+        else:
+            with self._db.write() as conn:
+                for statement, params, _status in prepared:
+                    row = conn.execute(statement, params).fetchone()
+                    revisions.append(None if row is None else int(row[0]))
+        for (_statement, _params, status), revision in zip(prepared, revisions, strict=True):
+            if revision is not None:
+                self._push(status.id, revision, status)
+        return [revision is not None for revision in revisions]
+
+    def _prepare(self, write: StatusWrite) -> tuple[str, dict[str, Any], TaskStatus]:
+        """The checked statement and parameters of one status write."""
+        task_id = write.task_id
         check_id(task_id, "task_id")
-        task_state = coerce_state(state)
+        task_state = coerce_state(write.state)
+        error = write.error
         if error is not None and not isinstance(error, TaskError):
             raise InvalidArgument(f"error must be a TaskError or None, got {error!r}")
+        attempt = write.attempt
         if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 0:
             raise InvalidArgument(f"attempt must be an integer of 0 or more, got {attempt!r}")
-        meta = dict(meta or {})
-        life = self.default_ttl if ttl is None else to_seconds(ttl, name="ttl")
+        meta = dict(write.meta or {})
+        life = self.default_ttl if write.ttl is None else to_seconds(write.ttl, name="ttl")
         now = self._now_ms()
+        owner = write.owner
         params = {
             "ns": self.namespace,
             "id": task_id,
             "state": task_state.value,
             "queue": meta.get("queue") if isinstance(meta.get("queue"), str) else None,
-            "payload": dumps(payload, where=f"result of task {task_id}"),
+            "payload": dumps(write.payload, where=f"result of task {task_id}"),
             "error": dumps(error.to_dict(), where="error") if error else None,
             "attempt": attempt,
             "meta": dumps(meta, where="meta"),
             "now": now,
             "expires_at": now + to_ms(life),
             "owner": owner,
-            "epoch": epoch,
+            "epoch": write.epoch,
         }
         statement = sql.UPSERT_STATUS
         if task_state is TaskState.QUEUED:
             statement += sql.UPSERT_QUEUED_SUFFIX
-        elif owner is not None and task_state is not TaskState.RUNNING and not take_over:
+        elif owner is not None and task_state is not TaskState.RUNNING and not write.take_over:
             statement += sql.UPSERT_OWNED_SUFFIX
-        elif owner is not None and epoch is not None:
+        elif owner is not None and write.epoch is not None:
             statement += sql.UPSERT_TAKE_OVER_SUFFIX
         statement += " RETURNING revision"
-        row = self._db.write_one(statement, params).fetchone()
-        if row is None:
-            return False
-        status = TaskStatus(task_id, task_state, payload, error, attempt, meta)
-        self._push(task_id, int(row[0]), status)
-        return True
+        status = TaskStatus(task_id, task_state, write.payload, error, attempt, meta)
+        return statement, params, status
 
     def get(self, task_id: str) -> TaskStatus | None:
         """The task's status, or None when there is none or it has expired."""

@@ -255,7 +255,7 @@ class SqliteBroker(DeadLetterStore):
     def _claim(self, queue: str, n: int, consumer: SqliteConsumer) -> list[Delivery]:
         """Lease up to ``n`` visible jobs of ``queue`` in one statement."""
         now = self._now_ms()
-        token = secrets.token_hex(8)
+        token = consumer.next_token()
         rows = self._db.write_one(
             sql.CLAIM_JOBS,
             {
@@ -331,6 +331,31 @@ class SqliteBroker(DeadLetterStore):
             self._settled(delivery.receipt)
         if not done:
             log.warning("stale receipt: ack of job %s refused (its lease was taken over)", job_id)
+        return done
+
+    def ack_many(self, deliveries: Sequence[Delivery]) -> list[bool]:
+        """Ack several deliveries in one transaction; for each, whether its job was
+        deleted (False for a receipt whose lease was taken over, as with :meth:`ack`)."""
+        keys = [_split_receipt(_receipt_of(delivery)) for delivery in deliveries]
+        done: list[bool] = []
+        try:
+            if len(keys) == 1:
+                token, job_id = keys[0]
+                params = (self.namespace, job_id, token)
+                done.append(self._db.write_one(sql.ACK_JOB, params).rowcount == 1)
+            elif keys:
+                with self._db.write() as conn:
+                    for token, job_id in keys:
+                        cursor = conn.execute(sql.ACK_JOB, (self.namespace, job_id, token))
+                        done.append(cursor.rowcount == 1)
+        finally:
+            for delivery in deliveries:
+                self._settled(delivery.receipt)
+        for (_token, job_id), ok in zip(keys, done, strict=True):
+            if not ok:
+                log.warning(
+                    "stale receipt: ack of job %s refused (its lease was taken over)", job_id
+                )
         return done
 
     def nack(self, delivery: Delivery, *, requeue: bool = True) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import secrets
 import threading
 import time
 from collections import deque
@@ -35,6 +37,10 @@ class SqliteConsumer:
         self._held: set[str] = set()
         self._state = threading.Condition()
         self._closed = False
+        self._expect_empty = True
+        # Lease tokens: unique per claim, unguessable across consumers, cheap to make.
+        self._token_prefix = secrets.token_hex(6)
+        self._claims = itertools.count()
 
     @property
     def held(self) -> int:
@@ -79,8 +85,14 @@ class SqliteConsumer:
                             else min(remaining, self.broker.poll_interval)
                         )
                 continue
-            mark = db.mark()  # before the claim, so a commit right after it is not missed
+            # A change mark is taken before a claim, so that a commit right after an
+            # empty claim is not missed. While jobs keep coming it is not needed: an
+            # empty claim without one is simply made again with one.
+            mark = db.mark() if self._expect_empty else None
             claimed = self.broker._claim(self.queue, room, self)
+            self._expect_empty = not claimed
+            if not claimed and mark is None:
+                continue
             if claimed:
                 with self._state:
                     if self._closed:
@@ -92,12 +104,17 @@ class SqliteConsumer:
                 return None
             if remaining is not None and remaining <= 0:
                 return None
+            assert mark is not None  # an empty claim without a mark was made again
             step = (
                 self.broker.poll_interval
                 if remaining is None
                 else min(remaining, self.broker.poll_interval)
             )
             db.wait_for_change(mark, step, self.broker.change_check_interval)
+
+    def next_token(self) -> str:
+        """A fresh lease token for one claim of this consumer."""
+        return f"{self._token_prefix}{next(self._claims):x}"
 
     def __iter__(self) -> Iterator[Delivery]:
         while True:

@@ -82,6 +82,7 @@ class WorkerChannel:
     def progress(self, percent: float, data: Any) -> None:
         execution = self._execution
         execution.running_meta[META_PROGRESS] = {"percent": percent, "data": data}
+        self._worker.batch.flush()  # the running status first, then this one
         self._worker.app.backend.set(
             execution.envelope.id,
             TaskState.RUNNING,

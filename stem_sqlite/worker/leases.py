@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import StemError
 from ..model import Delivery
+from ..timeutil import SYSTEM_CLOCK, Clock
 
 if TYPE_CHECKING:
     from .scheduler import Scheduler, Timer
@@ -31,10 +32,14 @@ class HeldLease:
     def __init__(self, delivery: Delivery, broker: Any, scheduler: Scheduler) -> None:
         self.delivery = delivery
         self._broker = broker
+        self._clock: Clock = getattr(broker, "clock", SYSTEM_CLOCK)
         self._scheduler = scheduler
         remaining = (delivery.lease_expires_at - datetime.now(UTC)).total_seconds()
         self.duration = delivery.lease_duration or max(0.05, remaining)
         self.lost = False
+        #: When the lease ends as far as this worker knows (epoch seconds): no other
+        #: consumer can claim the job before then.
+        self.ends_at = delivery.lease_expires_at.timestamp()
         self.last_renewal: datetime | None = None
         self._stopped = False
         self._timer: Timer | None = None
@@ -73,8 +78,10 @@ class HeldLease:
             return False
         if self._stopped:
             return True
+        asked_at = self._clock.now()
         if self._broker.extend_lease(self.delivery, by):
             self.last_renewal = datetime.now(UTC)
+            self.ends_at = max(self.ends_at, asked_at + by)
             return True
         self.lost = True
         envelope = self.delivery.envelope
@@ -82,6 +89,12 @@ class HeldLease:
             "task %s[%s] lost its lease; its outcome will not be stored", envelope.name, envelope.id
         )
         return False
+
+    def holds(self, margin: float) -> bool:
+        """Whether the lease is ours for at least ``margin`` more seconds by the wall
+        clock: False after a pause (e.g. SIGSTOP) that outlived it, when another worker
+        may already run the job."""
+        return not self.lost and self._clock.now() + margin < self.ends_at
 
     def extend(self, by: float) -> bool:
         """A task asked for a longer lease: later renewals keep at least ``by``."""

@@ -7,7 +7,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..errors import SoftTimeLimitExceeded, TimeLimitExceeded
-from ..model import Delivery, TaskState
+from ..model import Delivery, StatusWrite, TaskState
 from ..options import (
     META_EXPIRES_AT,
     META_IGNORE_RESULT,
@@ -43,9 +43,14 @@ class Pipeline:
         self.settler = Settler(worker)
 
     def handle(self, delivery: Delivery, lease: HeldLease) -> None:
-        """Run one delivery to the end; an unexpected error releases it for a retry."""
+        """Run one delivery to the end; an unexpected error releases it for a retry.
+
+        A plain success is left to the worker's batch, which stops its lease once the
+        result is stored and the job acked.
+        """
+        deferred = False
         try:
-            self._handle(delivery, lease)
+            deferred = self._handle(delivery, lease)
         except Exception:
             log.exception("worker error while handling job %s; releasing it", delivery.id)
             try:
@@ -55,9 +60,10 @@ class Pipeline:
                     "could not release job %s; it returns when its lease ends", delivery.id
                 )
         finally:
-            lease.stop()
+            if not deferred:
+                lease.stop()
 
-    def _handle(self, delivery: Delivery, lease: HeldLease) -> None:
+    def _handle(self, delivery: Delivery, lease: HeldLease) -> bool:
         worker = self.worker
         app = worker.app
         envelope = delivery.envelope
@@ -66,11 +72,11 @@ class Pipeline:
         if task is None:
             self.settler.fail_unregistered(delivery)
             worker.log_event("unregistered", envelope)
-            return
+            return False
         if delivery.delivery_count > worker.max_deliveries:
             self.settler.fail_poisoned(delivery)
             worker.log_event("failed", envelope, note="delivery limit exceeded")
-            return
+            return False
         expires = envelope.meta.get(META_EXPIRES_AT)
         if isinstance(expires, str):
             try:
@@ -80,12 +86,12 @@ class Pipeline:
             if expired:
                 self.settler.cancel_expired(delivery, expires)
                 worker.log_event("cancelled", envelope, note="expired")
-                return
+                return False
         if task.rate is not None:
             wait = worker.rate_limiter.wait_time(task.name, task.rate)
             if wait > 0:
                 worker.defer(delivery, wait)
-                return
+                return False
 
         now = utcnow(app.clock)
         meta = {
@@ -97,41 +103,45 @@ class Pipeline:
         }
         if task.ignore_result and META_IGNORE_RESULT not in meta:
             meta[META_IGNORE_RESULT] = True
-        if lease.lost:
-            # Taken over while it waited here: settle it as ours no more (the refused
-            # nack frees its prefetch slot and changes nothing in the broker).
+        if not lease.holds(margin=min(1.0, lease.duration / 10)):
+            # Taken over, or paused past its end while it waited here: another worker
+            # may run it now. Settle it as ours no more (the refused nack frees its
+            # prefetch slot and changes nothing in the broker).
             Patient(app.broker).nack(delivery, requeue=True)
             worker.log_event("lost", envelope, note="lease lost before the task started")
-            return
+            return False
         execution = Execution(delivery, task, now, lease, meta)
         worker.track(execution)
         try:
-            # Not patient: nothing has run yet, so a busy database just sends the job back
-            # (and a job that always fails here ends in the dead-letter store).
-            started = app.backend.set(
-                envelope.id,
-                TaskState.RUNNING,
-                attempt=envelope.attempt,
-                meta=dict(meta),
-                owner=execution.owner,
-                epoch=lease_epoch(delivery),
+            # Stored with the next flush, fenced by the lease epoch: if a newer lease of
+            # this job already wrote its status, the write is refused, and so are this
+            # run's result and ack.
+            worker.batch.running(
+                execution,
+                StatusWrite(
+                    envelope.id,
+                    TaskState.RUNNING,
+                    attempt=envelope.attempt,
+                    meta=dict(meta),
+                    owner=execution.owner,
+                    epoch=lease_epoch(delivery),
+                ),
             )
-            if not started:
-                # A newer lease of this job already wrote its status: ours is stale.
-                execution.abandoned = True
-                Patient(app.broker).nack(delivery, requeue=True)
-                worker.log_event("lost", envelope, note="lease lost: a newer run owns the task")
-                return
             outcome = self._run(execution)
         finally:
             execution.cancel_timers()
             execution.finished = True
             worker.untrack(execution)
         if execution.abandoned:
-            return  # a hard shutdown already released the job
+            return False  # a hard shutdown already released the job
+        if outcome.kind == "success" and self.settler.succeed_later(execution, outcome.value):
+            return True
+        # Everything before this settle is stored first (this task's running status).
+        worker.batch.flush()
         lease.stop()  # settling takes moments; a renewal racing the ack would only warn
         state = self.settler.settle(execution, outcome)
         worker.log_event(state, envelope, duration=execution.elapsed(), error=outcome.error)
+        return False
 
     def _run(self, execution: Execution) -> Any:
         worker = self.worker

@@ -7,7 +7,8 @@ import logging
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from ..model import Envelope, TaskError, TaskState, TaskStatus
+from ..canvas import META_CHAIN
+from ..model import Envelope, StatusWrite, TaskError, TaskState, TaskStatus
 from ..options import (
     HEADER_GROUP_ID,
     META_LINK,
@@ -75,6 +76,35 @@ class Settler:
         return self._fail_or_retry(execution, outcome)
 
     # -- success ----------
+
+    def succeed_later(self, execution: Execution, value: Any) -> bool:
+        """Leave a plain success (nothing to do after its ack) to the worker's batch;
+        False, with nothing done, for one that must be settled now."""
+        envelope = execution.envelope
+        if (
+            envelope.headers.get(HEADER_GROUP_ID)
+            or envelope.meta.get(META_LINK)
+            or envelope.meta.get(META_CHAIN)
+        ):
+            return False
+        payload = None if execution.running_meta.get("stem.ignoreResult") else value
+        write = StatusWrite(
+            envelope.id,
+            TaskState.SUCCEEDED,
+            payload,
+            None,
+            envelope.attempt,
+            self._meta(execution, completedAt=iso(utcnow(self.worker.app.clock))),
+            owner=execution.owner,
+        )
+        worker = self.worker
+
+        def done(settled: bool) -> None:
+            state = "succeeded" if settled else self._lost(execution)
+            worker.log_event(state, envelope, duration=execution.elapsed())
+
+        worker.batch.final(execution, write, done)
+        return True
 
     def _succeed(self, execution: Execution, value: Any) -> str:
         envelope = execution.envelope

@@ -19,6 +19,7 @@ from ..errors import InvalidArgument
 from ..model import Delivery, Envelope, TaskState, WorkerHeartbeat, clean_queue_name
 from ..retry import RandomSource
 from ..timeutil import utcnow
+from .batch import SettleBatch
 from .execution import Execution
 from .leases import HeldLease, lease_epoch
 from .pipeline import Pipeline
@@ -81,6 +82,7 @@ class Worker:
         self.process_pool = ProcessPool(self.concurrency)
         self.scheduler: Scheduler | None = None  # type: ignore[assignment]
         self._pipeline = Pipeline(self)
+        self.batch = SettleBatch(self)
         self._work: queue_module.Queue[Any] = queue_module.Queue()
         self._active: set[Execution] = set()
         self._active_lock = threading.Lock()
@@ -108,16 +110,23 @@ class Worker:
         broker = self.app.broker
         backend = self.app.backend
         self.scheduler = Scheduler()
+        self.batch.start()
         self._warn_about_limits()
         for queue in self.queues:
             consumer = broker.consume(queue, prefetch=self.prefetch, consumer_name=self.name)
             self._consumers.append(consumer)
-        if len(self._consumers) == 1:
-            self._spawn(f"stem-fetch[{self.queues[0]}]", self._fetch, self._consumers[0])
+        if len(self._consumers) == 1 and self.prefetch == self.concurrency:
+            # Each executor claims the one job it runs next: no hand-off between
+            # threads, and nothing claimed waits for a free executor.
+            for index in range(self.concurrency):
+                self._spawn(f"stem-exec-{index}", self._claim_and_execute, self._consumers[0])
         else:
-            self._spawn("stem-fetch", self._fetch_many)
-        for index in range(self.concurrency):
-            self._spawn(f"stem-exec-{index}", self._execute)
+            if len(self._consumers) == 1:
+                self._spawn(f"stem-fetch[{self.queues[0]}]", self._fetch, self._consumers[0])
+            else:
+                self._spawn("stem-fetch", self._fetch_many)
+            for index in range(self.concurrency):
+                self._spawn(f"stem-exec-{index}", self._execute)
         if self._uses_processes():
             self.process_pool.warm_up()
         self._beat(backend)
@@ -233,6 +242,29 @@ class Worker:
                 self._release(delivery)
                 continue
             self._pipeline.handle(delivery, lease)
+            if self._work.empty() or self.batch.due():
+                self.batch.flush()
+            self._settled.set()
+
+    def _claim_and_execute(self, consumer: Any) -> None:
+        while not self._stopping.is_set():
+            try:
+                delivery = consumer.receive(timeout=0.5, limit=1)
+            except Exception:
+                if self._stopping.is_set():
+                    return
+                log.exception("claiming from queue %s failed; retrying", consumer.queue)
+                self._stopping.wait(1.0)
+                continue
+            if delivery is None:
+                continue
+            if self._stopping.is_set():
+                self._release(delivery)
+                return
+            self._pipeline.handle(delivery, self._hold(delivery))
+            # This executor's next claim waits for the ack of this one: store it now
+            # (with whatever other executors added meanwhile).
+            self.batch.flush()
             self._settled.set()
 
     def _release(self, delivery: Delivery) -> None:
@@ -459,6 +491,7 @@ class Worker:
             if item is not _STOP:
                 item[1].stop()
                 self._release(item[0])
+        self.batch.close()
         self.process_pool.close()
         if self.scheduler is not None:
             self.scheduler.stop()

@@ -27,7 +27,9 @@ import pytest
 
 from stem_sqlite import (
     GroupDescriptor,
+    InvalidArgument,
     ResultTimeout,
+    StatusWrite,
     StemError,
     TaskError,
     TaskState,
@@ -1084,3 +1086,57 @@ class TestAcrossProcesses:
             assert group is not None
             assert group.meta["stem.chord.claimed"] is True
             assert group.meta["stem.chord.callbackTaskId"] == f"cb-{winners[0]}"
+
+
+# -- set_many: the worker's batched status writes --------------------------------------
+
+
+def test_set_many_applies_writes_in_order_with_the_fencing_of_set(backend: Any) -> None:
+    backend.set("owned", TaskState.RUNNING, meta=ENCODER, owner="lease-new", epoch=200)
+    results = backend.set_many(
+        [
+            StatusWrite("fresh", TaskState.RUNNING, meta=ENCODER, owner="a", epoch=1),
+            StatusWrite("fresh", TaskState.SUCCEEDED, payload=7, meta=ENCODER, owner="a"),
+            # A result by another lease than the one that owns the record: refused.
+            StatusWrite("owned", TaskState.SUCCEEDED, payload=1, meta=ENCODER, owner="stale"),
+            # A take-over by an older lease: refused too.
+            StatusWrite(
+                "owned", TaskState.FAILED, meta=ENCODER, owner="old", take_over=True, epoch=100
+            ),
+        ]
+    )
+
+    assert results == [True, True, False, False]
+    fresh = backend.get("fresh")
+    assert fresh is not None and fresh.state is TaskState.SUCCEEDED and fresh.payload == 7
+    owned = backend.get("owned")
+    assert owned is not None and owned.state is TaskState.RUNNING
+    assert backend.set_many([]) == []
+
+
+def test_set_many_checks_every_write_before_making_any(backend: Any) -> None:
+    with pytest.raises(InvalidArgument):
+        backend.set_many(
+            [
+                StatusWrite("first", TaskState.SUCCEEDED, meta=ENCODER),
+                StatusWrite("second", TaskState.SUCCEEDED, attempt=-1, meta=ENCODER),
+            ]
+        )
+    assert backend.get("first") is None
+
+
+def test_set_many_is_seen_by_watchers(backend: Any) -> None:
+    watch = primed_watch(backend, "watched", timeout=20)
+    backend.set_many(
+        [
+            StatusWrite("watched", TaskState.RUNNING, meta=meta(step=1)),
+            StatusWrite("watched", TaskState.SUCCEEDED, payload="x", meta=meta(step=2)),
+        ]
+    )
+    seen: list[TaskStatus] = []
+    for status in watch:
+        seen.append(status)
+        if status.state is TaskState.SUCCEEDED:
+            break
+    assert [s.meta.get("step") for s in real(seen)][-1] == 2
+    assert real(seen)[-1].payload == "x"

@@ -1106,3 +1106,26 @@ class TestSqliteSpecific:
         assert entry.envelope.id == bad.id
         assert broker.pending_count(queue) == 0
         assert broker.inflight_count(queue) == 0
+
+
+# -- ack_many: the worker's batched acks ----------------------------------------------
+
+
+def test_ack_many_acks_each_live_receipt_and_refuses_a_stale_one(broker: Any) -> None:
+    queue = "ack-many"
+    _env, stale, live = take_over(broker, queue)
+    others = [envelope(queue, args=[i]) for i in range(3)]
+    broker.publish_many(others)
+    consumer = broker.consume(queue, prefetch=3)
+    held = [consumer.receive(timeout=DELIVERY_TIMEOUT) for _ in others]
+    assert all(delivery is not None for delivery in held)
+
+    results = broker.ack_many([held[0], stale, held[1], held[2]])
+
+    assert results == [True, False, True, True]
+    assert broker.inflight_count(queue) == 1  # only the live lease of the taken-over job
+    assert consumer.held == 0  # every receipt given settles its prefetch slot
+    assert broker.ack_many([live]) == [True]
+    assert broker.ack_many([]) == []
+    assert broker.pending_count(queue) == broker.inflight_count(queue) == 0
+    consumer.close()
