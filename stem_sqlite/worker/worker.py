@@ -116,8 +116,9 @@ class Worker:
             consumer = broker.consume(queue, prefetch=self.prefetch, consumer_name=self.name)
             self._consumers.append(consumer)
         if len(self._consumers) == 1 and self.prefetch == self.concurrency:
-            # Each executor claims the one job it runs next: no hand-off between
-            # threads, and nothing claimed waits for a free executor.
+            # Executors claim their jobs themselves: no hand-off between threads. A
+            # claim takes a job for every free slot; with as many slots as executors, a
+            # job it leaves in the consumer's buffer is taken at once by an idle one.
             for index in range(self.concurrency):
                 self._spawn(f"stem-exec-{index}", self._claim_and_execute, self._consumers[0])
         else:
@@ -249,7 +250,7 @@ class Worker:
     def _claim_and_execute(self, consumer: Any) -> None:
         while not self._stopping.is_set():
             try:
-                delivery = consumer.receive(timeout=0.5, limit=1)
+                delivery = consumer.receive(timeout=0.5)
             except Exception:
                 if self._stopping.is_set():
                     return
