@@ -38,6 +38,7 @@ class SqliteConsumer:
         self._state = threading.Condition()
         self._closed = False
         self._expect_empty = True
+        self._claiming = 0  # slots reserved by claims in progress
         # Lease tokens: unique per claim, unguessable across consumers, cheap to make.
         self._token_prefix = secrets.token_hex(6)
         self._claims = itertools.count()
@@ -67,16 +68,20 @@ class SqliteConsumer:
                     delivery = self._buffer.popleft()
                     self._held.add(delivery.receipt)
                     return delivery
-                room = self.prefetch - len(self._held)
+                # Slots being claimed by another thread right now count as taken:
+                # threads that receive at once must not claim past the prefetch.
+                room = self.prefetch - len(self._held) - self._claiming
                 if limit is not None:
                     room = min(room, max(0, limit)) if room > 0 else room
+                if room > 0:
+                    self._claiming += room
             remaining = None if deadline is None else deadline - time.monotonic()
             if room <= 0 and limit is not None and limit <= 0:
                 return None
             if room <= 0:
                 # Full: wait for one of ours to be settled.
                 with self._state:
-                    if len(self._held) >= self.prefetch and not self._closed:
+                    if len(self._held) + self._claiming >= self.prefetch and not self._closed:
                         if remaining is not None and remaining <= 0:
                             return None
                         self._state.wait(
@@ -88,20 +93,25 @@ class SqliteConsumer:
             # A change mark is taken before a claim, so that a commit right after an
             # empty claim is not missed. While jobs keep coming it is not needed: an
             # empty claim without one is simply made again with one.
-            mark = db.mark() if self._expect_empty else None
-            claimed = self.broker._claim(self.queue, room, self)
-            self._expect_empty = not claimed
-            if not claimed and mark is None:
-                continue
-            if claimed:
+            late: list[str] = []
+            claimed: list[Delivery] = []
+            try:
+                mark = db.mark() if self._expect_empty else None
+                claimed = self.broker._claim(self.queue, room, self)
+            finally:
                 with self._state:
+                    self._claiming -= room
                     if self._closed:
                         late = [d.receipt for d in claimed]
                     else:
                         self._buffer.extend(claimed)
-                        continue
+                    self._state.notify_all()  # threads waiting for this claim look again
+            self._expect_empty = not claimed
+            if late:
                 self.broker._release_receipts(late)
                 return None
+            if claimed or mark is None:
+                continue
             if remaining is not None and remaining <= 0:
                 return None
             assert mark is not None  # an empty claim without a mark was made again

@@ -1129,3 +1129,29 @@ def test_ack_many_acks_each_live_receipt_and_refuses_a_stale_one(broker: Any) ->
     assert broker.ack_many([]) == []
     assert broker.pending_count(queue) == broker.inflight_count(queue) == 0
     consumer.close()
+
+
+def test_threads_receiving_at_once_never_claim_past_the_prefetch(broker: Any) -> None:
+    """X-16 with several threads on one consumer (how a worker's executors claim)."""
+    queue = "prefetch-threads"
+    broker.publish_many([envelope(queue, args=[i], visibility_timeout=60) for i in range(50)])
+    consumer = broker.consume(queue, prefetch=4)
+    start = threading.Barrier(8)
+    got: list[Any] = []
+
+    def take() -> None:
+        start.wait()
+        delivery = consumer.receive(timeout=0.3)
+        if delivery is not None:
+            got.append(delivery)
+
+    threads = [threading.Thread(target=take) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+
+    assert len(got) == 4
+    assert consumer.held == 4
+    assert broker.inflight_count(queue) == 4
+    consumer.close()

@@ -621,8 +621,11 @@ def check_cli_outcome(store: Store, backend: Path, before: list[Any], done: CliO
         changed = [row for row in store.dump()[:-1] if row not in before]
         assert changed, "exit 0, but no job was stored"
         printed = done.stdout
-        if done.stdout.startswith("{"):  # --json: ids are JSON-escaped
+        try:  # --json: ids are JSON-escaped (a plain id may start with "{" too)
             data = json.loads(done.stdout)
+        except json.JSONDecodeError:
+            data = None
+        if isinstance(data, dict):
             printed = "\n".join(data.get("ids") or [data.get("id", "")])
         for row in changed:
             assert row[1] in printed, f"the id {row[1]!r} was not printed: {done.stdout!r}"
