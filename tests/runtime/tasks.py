@@ -209,3 +209,9 @@ def busy(path: str, seconds: float) -> str:
         count += 1
     append(path, {"event": "end", "time": time.time()})
     return "ran to the end"
+
+
+def gated(gate: str) -> str:
+    """Wait for the gate file (no progress reports: only the worker stores `running`)."""
+    wait_for_file(gate)
+    return "done"
