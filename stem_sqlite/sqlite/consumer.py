@@ -39,6 +39,7 @@ class SqliteConsumer:
         self._closed = False
         self._expect_empty = True
         self._claiming = 0  # slots reserved by claims in progress
+        self._watchers = 0  # threads waiting for the file to change
         # Lease tokens: unique per claim, unguessable across consumers, cheap to make.
         self._token_prefix = secrets.token_hex(6)
         self._claims = itertools.count()
@@ -68,6 +69,15 @@ class SqliteConsumer:
                     delivery = self._buffer.popleft()
                     self._held.add(delivery.receipt)
                     return delivery
+                if self._watchers:
+                    # Another thread watches the file for new jobs and claims for every
+                    # free slot when it changes: wait for that instead of polling too.
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        return None
+                    poll = self.broker.poll_interval
+                    self._state.wait(poll if left is None else min(left, poll))
+                    continue
                 # Slots being claimed by another thread right now count as taken:
                 # threads that receive at once must not claim past the prefetch.
                 room = self.prefetch - len(self._held) - self._claiming
@@ -120,7 +130,14 @@ class SqliteConsumer:
                 if remaining is None
                 else min(remaining, self.broker.poll_interval)
             )
-            db.wait_for_change(mark, step, self.broker.change_check_interval)
+            with self._state:
+                self._watchers += 1
+            try:
+                db.wait_for_change(mark, step, self.broker.change_check_interval)
+            finally:
+                with self._state:
+                    self._watchers -= 1
+                    self._state.notify_all()
 
     def next_token(self) -> str:
         """A fresh lease token for one claim of this consumer."""
