@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..model import StatusWrite
@@ -193,23 +193,10 @@ class SettleBatch:
 
 def _coalesced(items: list[PendingWrite]) -> list[PendingWrite]:
     """The writes to make: a running status whose result is in the same flush would be
-    replaced at once, so only the result is written, as the take-over the running write
-    would have made (fenced by the same lease epoch)."""
-    running = {id(item.execution): item for item in items if not item.final}
+    replaced at once, so it is left out (the result is written as a take-over fenced by
+    the same lease epoch, just as the running status would have been)."""
     ended = {id(item.execution) for item in items if item.final}
-    writes: list[PendingWrite] = []
-    for item in items:
-        if not item.final:
-            if id(item.execution) not in ended:
-                writes.append(item)
-            continue
-        started = running.get(id(item.execution))
-        if started is not None:
-            item = replace(
-                item, write=replace(item.write, take_over=True, epoch=started.write.epoch)
-            )
-        writes.append(item)
-    return writes
+    return [item for item in items if item.final or id(item.execution) not in ended]
 
 
 __all__ = ["PendingWrite", "SettleBatch"]

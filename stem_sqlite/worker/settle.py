@@ -96,6 +96,11 @@ class Settler:
             envelope.attempt,
             self._meta(execution, completedAt=iso(utcnow(self.worker.app.clock))),
             owner=execution.owner,
+            # A take-over fenced by the lease epoch, as the `running` write is: this run's
+            # `running` may be left out of the flush (see batch.py), and then the result
+            # takes the record over from a dead lease that owns it, never from a newer one.
+            take_over=True,
+            epoch=lease_epoch(execution.delivery),
         )
         worker = self.worker
 
