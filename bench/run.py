@@ -64,6 +64,18 @@ TARGETS = [
         ">=",
         10.0,
     ),
+    (
+        "W2 c=1 --prefetch-multiplier 64 vs Huey c=1",
+        lambda r: r["w2.stem.c1.pm64"] / r["w2.huey.c1"],
+        ">=",
+        10.0,
+    ),
+    (
+        "W2 default --prefetch-multiplier 64 vs Huey default",
+        lambda r: r["w2.stem.default.pm64"] / r["w2.huey.default"],
+        ">=",
+        10.0,
+    ),
     ("W3 p50 ms", lambda r: r["w3.stem.p50"], "<=", 5.0),
     ("W3 p99 ms", lambda r: r["w3.stem.p99"], "<=", 20.0),
     ("W4 pending deep/empty", lambda r: r["w4.stem.pending"] / r["w4.stem.empty"], "<=", 1.3),
