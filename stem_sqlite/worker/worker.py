@@ -16,12 +16,14 @@ from typing import Any
 
 from ..app import Stem
 from ..errors import InvalidArgument
-from ..model import Delivery, Envelope, TaskState, WorkerHeartbeat, clean_queue_name
+from ..model import Delivery, Envelope, TaskState, clean_queue_name
 from ..retry import RandomSource
 from ..timeutil import utcnow
 from .batch import SettleBatch
 from .execution import Execution
+from .heartbeat import Heartbeats
 from .leases import HeldLease, lease_epoch
+from .loops import _STOP, WorkLoops
 from .pipeline import Pipeline
 from .processes import ProcessPool, importable
 from .ratelimit import RateLimiter
@@ -30,10 +32,9 @@ from .scheduler import Scheduler
 log = logging.getLogger("stem_sqlite.worker")
 
 SHUTDOWN_MODES = ("warm", "soft", "hard")
-_STOP = object()
 
 
-class Worker:
+class Worker(WorkLoops, Heartbeats):
     """Runs the app's tasks from one or more queues.
 
     Never more than ``concurrency`` tasks run at once, and never more than
@@ -166,114 +167,6 @@ class Worker:
                     task.fn,
                 )
 
-    # -- the threads ----------
-
-    def _fetch(self, consumer: Any) -> None:
-        while not self._stopping.is_set():
-            try:
-                delivery = consumer.receive(timeout=0.5)
-            except Exception:
-                if self._stopping.is_set():
-                    return
-                log.exception("claiming from queue %s failed; retrying", consumer.queue)
-                self._stopping.wait(1.0)
-                continue
-            if delivery is None:
-                continue
-            if self._stopping.is_set():
-                self._release(delivery)
-                return
-            self._work.put((delivery, self._hold(delivery)))
-
-    def _fetch_many(self) -> None:
-        """One fetcher for several queues, so that ``prefetch`` bounds the deliveries
-        held across all of them: each claim may take only what the budget has left.
-        It checks every queue without waiting, then waits a little on each in turn."""
-        turn = 0
-        while not self._stopping.is_set():
-            got = False
-            free = 0
-            try:
-                for consumer in self._consumers:
-                    free = self.prefetch - sum(c.held for c in self._consumers)
-                    if free <= 0:
-                        break
-                    delivery = consumer.receive(timeout=0, limit=free)
-                    if delivery is not None:
-                        got = True
-                        self._accept(delivery)
-                if got:
-                    continue
-                if free <= 0:
-                    self._settled.wait(0.05)
-                    self._settled.clear()
-                    continue
-                consumer = self._consumers[turn % len(self._consumers)]
-                turn += 1
-                delivery = consumer.receive(timeout=0.05, limit=free)
-                if delivery is not None:
-                    self._accept(delivery)
-            except Exception:
-                if self._stopping.is_set():
-                    return
-                log.exception("claiming failed; retrying")
-                self._stopping.wait(1.0)
-
-    def _accept(self, delivery: Delivery) -> None:
-        if self._stopping.is_set():
-            self._release(delivery)
-        else:
-            self._work.put((delivery, self._hold(delivery)))
-
-    def _hold(self, delivery: Delivery) -> HeldLease:
-        """Start renewing the delivery's lease now: it may wait for a free slot."""
-        assert self.scheduler is not None
-        lease = HeldLease(delivery, self.app.broker, self.scheduler).start()
-        self._last_lease = lease
-        return lease
-
-    def _execute(self) -> None:
-        while True:
-            item = self._work.get()
-            if item is _STOP:
-                return
-            delivery, lease = item
-            if self._stopping.is_set():
-                lease.stop()
-                self._release(delivery)
-                continue
-            self._pipeline.handle(delivery, lease)
-            if self._work.empty() or self.batch.due():
-                self.batch.flush()
-            self._settled.set()
-
-    def _claim_and_execute(self, consumer: Any) -> None:
-        while not self._stopping.is_set():
-            try:
-                delivery = consumer.receive(timeout=0.5)
-            except Exception:
-                if self._stopping.is_set():
-                    return
-                log.exception("claiming from queue %s failed; retrying", consumer.queue)
-                self._stopping.wait(1.0)
-                continue
-            if delivery is None:
-                continue
-            if self._stopping.is_set():
-                self._release(delivery)
-                return
-            self._pipeline.handle(delivery, self._hold(delivery))
-            # This executor's next claim waits for the ack of this one: store it now
-            # (with whatever other executors added meanwhile).
-            self.batch.flush()
-            self._settled.set()
-
-    def _release(self, delivery: Delivery) -> None:
-        try:
-            self.app.broker.nack(delivery, requeue=True)
-        except Exception:
-            log.exception("could not release job %s", delivery.id)
-
     # -- what the pipeline asks of the worker ----------
 
     def track(self, execution: Execution) -> None:
@@ -337,37 +230,6 @@ class Worker:
             fields["note"] = note
             text += f" ({note})"
         log.log(level, text, extra={"stem": fields})
-
-    # -- heartbeats ----------
-
-    def _beat(self, backend: Any) -> None:
-        with self._active_lock:
-            active = list(self._active)
-        per_queue = {q: 0 for q in self.queues}
-        for execution in active:
-            per_queue[execution.delivery.queue] = per_queue.get(execution.delivery.queue, 0) + 1
-        try:
-            backend.set_worker_heartbeat(
-                WorkerHeartbeat(
-                    worker_id=self.name,
-                    timestamp=utcnow(self.app.clock),
-                    inflight=len(active),
-                    queues=[{"name": q, "inflight": n} for q, n in per_queue.items()],
-                    concurrency=self.concurrency,
-                    last_lease_renewal=self._last_lease.last_renewal if self._last_lease else None,
-                    extras={
-                        "host": socket.gethostname(),
-                        "pid": os.getpid(),
-                        "pool": self.pool,
-                        "prefetch": self.prefetch,
-                        **self.counts,
-                        "stopping": self._stopping.is_set(),
-                        "stopped": self._stopped.is_set(),
-                    },
-                )
-            )
-        except Exception:
-            log.exception("could not store the worker heartbeat")
 
     # -- running and stopping ----------
 
