@@ -50,7 +50,8 @@ def clean_namespace(namespace: object) -> str:
 class SqliteBroker(DeadLetterStore, DeliverySettling):
     """A broker stored in one SQLite file (WAL). Open it with :meth:`open`.
 
-    Every claim gives the job a fresh random lease token, carried in the delivery's
+    Every claim gives the job a fresh lease token (its consumer's random prefix and a
+    counter: never reused, never guessed by another consumer), carried in the delivery's
     receipt; ack, nack, extend_lease, dead_letter and reschedule act only while that
     token still holds the job, so a worker whose lease was taken over changes nothing.
     """
