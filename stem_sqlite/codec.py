@@ -16,11 +16,9 @@ from .errors import InvalidPayload
 _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
-def encode_compact(value: Any) -> str:
-    """Compact JSON text; raises TypeError/ValueError (no diagnosis) for what is not JSON,
-    non-text object keys included."""
-    if not _keys_are_text(value):
-        raise TypeError("a JSON object key is not text")
+def encode_json(value: Any) -> str:
+    """Compact JSON text of a value whose keys are known to be text (see
+    :func:`keys_are_text`); raises TypeError/ValueError for what is not JSON."""
     return _ENCODER.encode(value)
 
 
@@ -32,7 +30,7 @@ def dumps(value: Any, *, where: str) -> str:
     the value is not JSON: an object of another type, a non-string key, NaN or infinity.
     """
     try:
-        if _keys_are_text(value):
+        if keys_are_text(value):
             return _ENCODER.encode(value)
     except (TypeError, ValueError, RecursionError):
         pass
@@ -40,7 +38,7 @@ def dumps(value: Any, *, where: str) -> str:
     raise InvalidPayload(problem or f"{where} is not a JSON value") from None
 
 
-def _keys_are_text(value: Any, depth: int = 0) -> bool:
+def keys_are_text(value: Any, depth: int = 0) -> bool:
     """JSON's encoder turns 1 or True keys into text silently (and can merge two keys):
     such data would not come back as it went in, so it is refused instead."""
     if depth > 200:
@@ -49,11 +47,11 @@ def _keys_are_text(value: Any, depth: int = 0) -> bool:
         for key, item in value.items():
             if not isinstance(key, str):
                 return False
-            if isinstance(item, (dict, list, tuple)) and not _keys_are_text(item, depth + 1):
+            if isinstance(item, (dict, list, tuple)) and not keys_are_text(item, depth + 1):
                 return False
     elif isinstance(value, (list, tuple)):
         for item in value:
-            if isinstance(item, (dict, list, tuple)) and not _keys_are_text(item, depth + 1):
+            if isinstance(item, (dict, list, tuple)) and not keys_are_text(item, depth + 1):
                 return False
     return True
 

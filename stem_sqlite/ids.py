@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-import uuid
 
 _lock = threading.Lock()
 _last_ms = 0
@@ -32,4 +31,6 @@ def new_id() -> str:
         counter = _counter
     tail = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
     value = (ms << 80) | (0x7 << 76) | (counter << 64) | (0b10 << 62) | tail
-    return str(uuid.UUID(int=value))
+    # The canonical 8-4-4-4-12 text, formatted directly (uuid.UUID costs twice as much).
+    text = f"{value:032x}"
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"

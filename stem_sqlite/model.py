@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from .codec import check_json, encode_compact
+from .codec import check_json, encode_json, keys_are_text
 from .errors import InvalidArgument, InvalidPayload
 from .ids import new_id
 from .timeutil import (
@@ -121,7 +121,16 @@ class Envelope:
         """The envelope as stored: compact JSON text. Raises ``InvalidPayload`` (a
         ``TypeError``) naming the key when args, kwargs, headers or meta are not JSON."""
         try:
-            return encode_compact(self.to_dict())
+            data = self.to_dict()
+            # Only the caller's values can hold a key that is not text; the rest is ours.
+            if not (
+                keys_are_text(data["args"])
+                and keys_are_text(self.kwargs)
+                and keys_are_text(self.headers)
+                and keys_are_text(self.meta)
+            ):
+                raise TypeError("a JSON object key is not text")
+            return encode_json(data)
         except (TypeError, ValueError, RecursionError):
             for part, value in (
                 ("args", list(self.args)),

@@ -121,11 +121,8 @@ def datetime_to_ms(value: datetime) -> int:
 
 def iso(value: datetime) -> str:
     """The canonical text form of a timestamp: UTC, millisecond precision, ``Z`` suffix."""
-    utc = value.astimezone(UTC)
-    return (
-        f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T{utc.hour:02d}:{utc.minute:02d}:"
-        f"{utc.second:02d}.{utc.microsecond // 1000:03d}Z"
-    )
+    # isoformat ends in "+00:00" for a UTC time; the stored form says "Z".
+    return value.astimezone(UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 def parse_iso(text: str) -> datetime:
