@@ -442,3 +442,31 @@ def test_opens_of_one_file_share_one_connection(tmp_path: Path) -> None:
         first.close()
         second.close()
     assert second.database.closed
+
+
+# -- ack_and_refill: a worker's acks and its next claim in one transaction -----------
+
+
+def test_ack_and_refill_acks_then_claims_only_the_freed_slots(tmp_path: Path) -> None:
+    with SqliteBroker.open(tmp_path / "b.sqlite") as broker:
+        broker.publish_many(
+            [Envelope("t", args=[i], queue="q", visibility_timeout=60) for i in range(10)]
+        )
+        consumer = broker.consume("q", prefetch=3)
+        first = [consumer.receive(timeout=1) for _ in range(3)]
+        assert all(first) and consumer.held == 3
+
+        acked = consumer.ack_and_refill([first[0], first[1]])
+
+        assert acked == [True, True]
+        # Two slots freed, two jobs claimed into the buffer: never past the prefetch.
+        assert consumer.held == 3
+        assert broker.inflight_count("q") == 3 and broker.pending_count("q") == 5
+        refilled = consumer.receive(timeout=0)
+        assert refilled is not None and refilled.envelope.args == (3,)
+        # A stale receipt is refused and still frees nothing it does not hold.
+        assert consumer.ack_and_refill([first[0]]) == [False]
+        consumer.close()
+        assert broker.inflight_count("q") == 2  # the unsent refill went back at close
+        assert consumer.ack_and_refill([first[2]]) == [True]  # closed: no claim
+        assert broker.inflight_count("q") == 1

@@ -254,20 +254,27 @@ class SqliteBroker(DeadLetterStore, DeliverySettling):
 
     def _claim(self, queue: str, n: int, consumer: SqliteConsumer) -> list[Delivery]:
         """Lease up to ``n`` visible jobs of ``queue`` in one statement."""
-        now = self._now_ms()
-        token = consumer.next_token()
-        rows = self._db.write_one(
-            sql.CLAIM_JOBS,
-            {
-                "token": token,
-                "consumer": consumer.name,
-                "now": now,
-                "default_lease_ms": to_ms(self.default_visibility_timeout),
-                "ns": self.namespace,
-                "queue": queue,
-                "n": n,
-            },
-        ).fetchall()
+        params = self._claim_params(queue, n, consumer)
+        rows = self._db.write_one(sql.CLAIM_JOBS, params).fetchall()
+        return self._delivered(rows, params, consumer)
+
+    def _claim_params(self, queue: str, n: int, consumer: SqliteConsumer) -> dict[str, Any]:
+        return {
+            "token": consumer.next_token(),
+            "consumer": consumer.name,
+            "now": self._now_ms(),
+            "default_lease_ms": to_ms(self.default_visibility_timeout),
+            "ns": self.namespace,
+            "queue": queue,
+            "n": n,
+        }
+
+    def _delivered(
+        self, rows: list[Any], params: dict[str, Any], consumer: SqliteConsumer
+    ) -> list[Delivery]:
+        """The deliveries of the rows a claim returned, in claim order; a row that
+        cannot be decoded is dead-lettered instead."""
+        token, now, queue = params["token"], params["now"], params["queue"]
         rows.sort(key=lambda row: (-row[2], row[0]))
         deliveries: list[Delivery] = []
         damaged: list[tuple[str, str, str]] = []

@@ -7,7 +7,7 @@ import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from ..model import Delivery
@@ -138,6 +138,35 @@ class SqliteConsumer:
                 with self._state:
                     self._watchers -= 1
                     self._state.notify_all()
+
+    def ack_and_refill(self, deliveries: Sequence[Delivery]) -> list[bool]:
+        """Ack ``deliveries`` and, in the same transaction, claim jobs for the slots
+        that frees (and any other free one) into this consumer's buffer, where the next
+        :meth:`receive` finds them. Returns, for each delivery, whether it was acked."""
+        with self._state:
+            freed = sum(1 for delivery in deliveries if delivery.receipt in self._held)
+            room = 0
+            if not self._closed:
+                taken = len(self._held) - freed + len(self._buffer) + self._claiming
+                room = max(0, self.prefetch - taken)
+            self._claiming += room
+        claimed: list[Delivery] = []
+        late: list[str] = []
+        try:
+            done, claimed = self.broker._ack_and_claim(deliveries, self, room)
+        finally:
+            with self._state:
+                self._claiming -= room
+                if self._closed:
+                    late = [delivery.receipt for delivery in claimed]
+                else:
+                    self._buffer.extend(claimed)
+                self._state.notify_all()
+        if room:
+            self._expect_empty = not claimed
+        if late:
+            self.broker._release_receipts(late)
+        return done
 
     def next_token(self) -> str:
         """A fresh lease token for one claim of this consumer."""

@@ -15,6 +15,7 @@ from . import jobs_sql as sql
 
 if TYPE_CHECKING:
     from .connection import Database
+    from .consumer import SqliteConsumer
 
 log = logging.getLogger("stem_sqlite.broker")
 
@@ -35,6 +36,14 @@ class DeliverySettling:
         raise NotImplementedError
 
     def _settled(self, receipt: str) -> None:
+        raise NotImplementedError
+
+    def _claim_params(self, queue: str, n: int, consumer: SqliteConsumer) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _delivered(
+        self, rows: list[Any], params: dict[str, Any], consumer: SqliteConsumer
+    ) -> list[Delivery]:
         raise NotImplementedError
 
     def ack(self, delivery: Delivery) -> bool:
@@ -72,6 +81,32 @@ class DeliverySettling:
                     "stale receipt: ack of job %s refused (its lease was taken over)", job_id
                 )
         return done
+
+    def _ack_and_claim(
+        self, deliveries: Sequence[Delivery], consumer: SqliteConsumer, n: int
+    ) -> tuple[list[bool], list[Delivery]]:
+        """Ack ``deliveries`` and claim up to ``n`` jobs of the consumer's queue in one
+        transaction (one commit where a worker would otherwise make two)."""
+        keys = [_split_receipt(_receipt_of(delivery)) for delivery in deliveries]
+        params = self._claim_params(consumer.queue, n, consumer)
+        done: list[bool] = []
+        rows: list[Any] = []
+        try:
+            with self._db.write() as conn:
+                for token, job_id in keys:
+                    cursor = conn.execute(sql.ACK_JOB, (self.namespace, job_id, token))
+                    done.append(cursor.rowcount == 1)
+                if n > 0:
+                    rows = conn.execute(sql.CLAIM_JOBS, params).fetchall()
+        finally:
+            for delivery in deliveries:
+                self._settled(delivery.receipt)
+        for (_token, job_id), ok in zip(keys, done, strict=True):
+            if not ok:
+                log.warning(
+                    "stale receipt: ack of job %s refused (its lease was taken over)", job_id
+                )
+        return done, self._delivered(rows, params, consumer)
 
     def nack(self, delivery: Delivery, *, requeue: bool = True) -> bool:
         """Make the job visible again at once, or dead-letter it with reason ``"nack"``."""

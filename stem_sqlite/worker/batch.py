@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..model import StatusWrite
 from .execution import Execution
@@ -60,6 +60,9 @@ class SettleBatch:
         self._flushing = threading.Lock()
         self._closed = False
         self._idle = True
+        #: The worker's only consumer, when it can ack and claim its next jobs in one
+        #: transaction (``ack_and_refill``): the acks of a flush then also refill it.
+        self.refill: Any = None
         self._thread: threading.Thread | None = None
 
     # -- adding ----------
@@ -128,8 +131,12 @@ class SettleBatch:
                 )
         if not finals:
             return
+        deliveries = [item.execution.delivery for item, _ in finals]
         try:
-            acked = Patient(app.broker).ack_many([item.execution.delivery for item, _ in finals])
+            if self.refill is not None:
+                acked = Patient(self.refill).ack_and_refill(deliveries)
+            else:
+                acked = Patient(app.broker).ack_many(deliveries)
         except Exception:
             log.exception("could not ack %d jobs; they return when their leases end", len(finals))
             acked = [False] * len(finals)

@@ -116,6 +116,8 @@ class Worker(WorkLoops, Heartbeats):
         for queue in self.queues:
             consumer = broker.consume(queue, prefetch=self.prefetch, consumer_name=self.name)
             self._consumers.append(consumer)
+        if len(self._consumers) == 1 and hasattr(self._consumers[0], "ack_and_refill"):
+            self.batch.refill = self._consumers[0]
         if len(self._consumers) == 1 and self.prefetch == self.concurrency:
             # Executors claim their jobs themselves: no hand-off between threads. A
             # claim takes a job for every free slot; with as many slots as executors, a

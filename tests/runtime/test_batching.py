@@ -21,18 +21,29 @@ class CountingBackend:
         self._inner = inner
         self.batches: list[int] = []
         self.acked_before_stored: list[str] = []
+        self.acks = 0
         self._lock = threading.Lock()
         outer = self
         real_ack_many = broker.ack_many
+        real_ack_and_claim = broker._ack_and_claim  # what a consumer's ack_and_refill runs
 
-        def checked_ack_many(deliveries: Any) -> list[bool]:
+        def check(deliveries: Any) -> None:
             for delivery in deliveries:
                 status = inner.get(delivery.envelope.id)
                 if status is None or status.state is not TaskState.SUCCEEDED:
                     outer.acked_before_stored.append(delivery.envelope.id)
+            outer.acks += len(deliveries)
+
+        def checked_ack_many(deliveries: Any) -> list[bool]:
+            check(deliveries)
             return list(real_ack_many(deliveries))
 
+        def checked_ack_and_claim(deliveries: Any, consumer: Any, n: int) -> Any:
+            check(deliveries)
+            return real_ack_and_claim(deliveries, consumer, n)
+
         broker.ack_many = checked_ack_many
+        broker._ack_and_claim = checked_ack_and_claim
 
     def set_many(self, writes: Any) -> list[bool]:
         with self._lock:
@@ -61,6 +72,7 @@ def test_short_tasks_share_transactions_and_are_acked_only_once_stored(
     assert [r.get(timeout=1) for r in results] == [2 * i for i in range(300)]
     assert app.broker.pending_count("default") + app.broker.inflight_count("default") == 0
     assert counting.acked_before_stored == []
+    assert counting.acks >= 300  # every ack went through the check
     # Every result is in some batch; with 64 jobs claimed at a time most batches hold many.
     assert sum(counting.batches) >= 300
     assert len(counting.batches) < 150, counting.batches
