@@ -470,3 +470,31 @@ def test_ack_and_refill_acks_then_claims_only_the_freed_slots(tmp_path: Path) ->
         assert broker.inflight_count("q") == 2  # the unsent refill went back at close
         assert consumer.ack_and_refill([first[2]]) == [True]  # closed: no claim
         assert broker.inflight_count("q") == 1
+
+
+# -- noticing other processes' commits -------------------------------------------------
+
+
+def test_change_token_moves_with_every_commit_of_another_connection(tmp_path: Path) -> None:
+    with SqliteBroker.open(tmp_path / "b.sqlite") as broker:
+        db = broker.database
+        before = db.change_token()
+        assert isinstance(before, bytes)  # read from the wal-index header, not the pragma
+        assert db.change_token() == before  # nothing committed: no change
+        other = sqlite3.connect(tmp_path / "b.sqlite")
+        try:
+            other.execute("UPDATE stem_jobs SET priority = 1 WHERE 0")  # commits nothing
+            assert db.change_token() == before
+            with other:
+                other.execute("CREATE TABLE other_process_was_here (x)")
+        finally:
+            other.close()
+        assert db.change_token() != before
+
+
+def test_wal_index_header_of_a_file_without_one_is_none(tmp_path: Path) -> None:
+    from stem_sqlite.sqlite.walindex import WalIndexHeader
+
+    header = WalIndexHeader(tmp_path / "missing.sqlite")
+    assert header.snapshot() is None
+    assert header.snapshot() is None  # and it does not try again

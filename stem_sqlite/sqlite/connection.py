@@ -4,8 +4,9 @@ Each process keeps one connection per database file, shared by every broker or
 backend object opened on that file and guarded by a lock, so a process is never
 its own competitor for SQLite's single write lock. Writes run in
 ``BEGIN IMMEDIATE`` transactions and wake every waiter in the process when they
-commit; waiters also notice commits of other processes through
-``PRAGMA data_version``, which is cheap enough to check every few milliseconds.
+commit; waiters also notice commits of other processes by the wal-index header
+(``walindex.py``; ``PRAGMA data_version`` where it cannot be read), which is cheap
+enough to check every few milliseconds.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from .failures import is_busy as _is_busy
 from .failures import translate_error, unstorable
 from .files import prepare_path, same_file_error
 from .schema import BACKEND, BROKER, ROLE_NAMES, Role
+from .walindex import WalIndexHeader
 
 BUSY_TIMEOUT_SECONDS = 5.0
 SYNCHRONOUS_MODES = ("NORMAL", "FULL")
@@ -52,10 +54,11 @@ class WriteResult:
 
 @dataclass(frozen=True)
 class ChangeMark:
-    """What a waiter has seen: the in-process commit count and SQLite's data_version."""
+    """What a waiter has seen: the in-process commit count and the file's change token
+    (the wal-index header's bytes, or SQLite's data_version)."""
 
     generation: int
-    data_version: int
+    token: bytes | int
 
 
 class Database:
@@ -74,6 +77,7 @@ class Database:
         #: be lost between two polls; shared by every object opened on this file.
         self.listeners: dict[str, set[Any]] = {}
         self.listeners_lock = threading.Lock()
+        self._wal_index = WalIndexHeader(path)
 
     # -- access ----------
 
@@ -153,7 +157,12 @@ class Database:
         """What has been seen so far; take it *before* reading, then wait on it."""
         with self._changed:
             generation = self._generation
-        return ChangeMark(generation, self.data_version())
+        return ChangeMark(generation, self.change_token())
+
+    def change_token(self) -> bytes | int:
+        """Something that changes with every commit to the file, by any process."""
+        header = self._wal_index.snapshot()
+        return header if header is not None else self.data_version()
 
     def data_version(self) -> int:
         with self.read() as conn:
@@ -178,7 +187,7 @@ class Database:
                     return True
             if self.closed:
                 return False
-            if self.data_version() != mark.data_version:
+            if self.change_token() != mark.token:
                 return True
 
     # -- life cycle ----------
@@ -194,6 +203,7 @@ class Database:
         with self._lock:
             self.closed = True
             self._conn.close()
+            self._wal_index.close()
         self.notify_change()
 
 

@@ -40,6 +40,7 @@ class SqliteConsumer:
         self._expect_empty = True
         self._claiming = 0  # slots reserved by claims in progress
         self._watchers = 0  # threads waiting for the file to change
+        self._last_claimed = time.monotonic()
         # Lease tokens: unique per claim, unguessable across consumers, cheap to make.
         self._token_prefix = secrets.token_hex(6)
         self._claims = itertools.count()
@@ -117,6 +118,8 @@ class SqliteConsumer:
                         self._buffer.extend(claimed)
                     self._state.notify_all()  # threads waiting for this claim look again
             self._expect_empty = not claimed
+            if claimed:
+                self._last_claimed = time.monotonic()
             if late:
                 self.broker._release_receipts(late)
                 return None
@@ -130,10 +133,16 @@ class SqliteConsumer:
                 if remaining is None
                 else min(remaining, self.broker.poll_interval)
             )
+            # Other processes' commits are looked for every change_check_interval, or
+            # twice that once nothing has come for a second (an idle worker then costs
+            # half as much; the first job after a quiet spell waits a few ms longer).
+            check = self.broker.change_check_interval
+            if time.monotonic() - self._last_claimed > 1.0:
+                check = min(2 * check, self.broker.poll_interval)
             with self._state:
                 self._watchers += 1
             try:
-                db.wait_for_change(mark, step, self.broker.change_check_interval)
+                db.wait_for_change(mark, step, check)
             finally:
                 with self._state:
                     self._watchers -= 1

@@ -5,8 +5,9 @@ no link, no chain). Storing each of them costs a backend transaction for ``runni
 one for the result and a broker transaction for the ack. Here they wait a few
 milliseconds in a :class:`SettleBatch` instead, and one flush stores every waiting
 status in one backend transaction, then acks every job whose result is stored in one
-broker transaction. The order of the guarantees is the same as one at a time: a job is
-acked only after its result is committed, and every write stays fenced by its lease.
+broker transaction (which, with one queue, also claims the jobs for the freed slots).
+The order of the guarantees is the same as one at a time: a job is acked only after its
+result is committed, and every write stays fenced by its lease.
 
 A ``running`` status that is still waiting when its task's result arrives is not
 written at all (the result replaces it), so a task shorter than a flush shows only
