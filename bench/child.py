@@ -154,12 +154,11 @@ def w1_enqueue(system: str, n: int, folder: Path) -> dict[str, Any]:
     return {"rate": n / (time.perf_counter() - started)}
 
 
-def w1b_bulk(system: str, n: int, folder: Path) -> dict[str, Any]:
+def w1b_bulk(system: str, n: int, folder: Path, distinct: bool = False) -> dict[str, Any]:
     if system == "raw":
         conn = raw.connect(folder / "raw.sqlite")
         return {"rate": n / raw.enqueue_batched(conn, n)}
     if system == "stem":
-        # The path of `stem-enqueue --count N`: envelopes built, published in batches.
         from stem_sqlite import EnqueueOptions
         from stem_sqlite.producer import build_envelope
 
@@ -167,13 +166,20 @@ def w1b_bulk(system: str, n: int, folder: Path) -> dict[str, Any]:
         broker = app.broker
         options = EnqueueOptions()
         started = time.perf_counter()
-        for start in range(0, n, 1000):
-            broker.publish_many(
-                [
-                    build_envelope("bench.noop", (i,), None, options, clock=app.clock)
-                    for i in range(start, min(n, start + 1000))
-                ]
-            )
+        if distinct:
+            # publish_many of envelopes built one by one, each with its own arguments.
+            for start in range(0, n, 1000):
+                broker.publish_many(
+                    [
+                        build_envelope("bench.noop", (i,), None, options, clock=app.clock)
+                        for i in range(start, min(n, start + 1000))
+                    ]
+                )
+        else:
+            # The path of `stem-enqueue --count N`: one call, N copies, 1,000 per commit.
+            envelope = build_envelope("bench.noop", (0,), None, options, clock=app.clock)
+            for start in range(0, n, 1000):
+                broker.publish_copies(envelope, min(1000, n - start))
         return {"rate": n / (time.perf_counter() - started)}
     raise SystemExit("no bulk path for " + system)
 
@@ -352,7 +358,7 @@ def main() -> None:
     if workload == "enqueue":
         result = w1_enqueue(system, n, folder)
     elif workload == "bulk":
-        result = w1b_bulk(system, n, folder)
+        result = w1b_bulk(system, n, folder, distinct=extra == "distinct")
     elif workload == "drain":
         concurrency, _, multiplier = extra.partition(":")
         result = w2_drain(

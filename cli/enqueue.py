@@ -157,17 +157,16 @@ def main(
     if spec:
         definition = app.get_task(task)
         definition.check_arguments(tuple(args), kwargs)
-    envelopes = [
-        build_envelope(task, args, kwargs, options, task_defaults=definition, clock=app.clock)
-        for _ in range(count)
-    ]
+    envelope = build_envelope(
+        task, args, kwargs, options, task_defaults=definition, clock=app.clock
+    )
     bind_paths(app, broker, backend, need_backend=wait, backend_options={"cleanup_interval": 0})
     try:
         if count == 1:
-            app.publish(envelopes[0], options)
+            app.publish(envelope, options)
+            ids = [envelope.id]
         else:
-            _publish_many(app, envelopes)
-        ids = [e.id for e in envelopes]
+            ids = _publish_copies(app, envelope, count)
         if not wait:
             if as_json:
                 print_json({"id": ids[0]} if count == 1 else {"ids": ids})
@@ -179,19 +178,22 @@ def main(
         app.close()
 
 
-def _publish_many(app: Stem, envelopes: list[Any]) -> None:
+def _publish_copies(app: Stem, envelope: Any, count: int) -> list[str]:
+    """``count`` copies of the call, each with its own id, in transactions of BATCH."""
+    sizes = [min(BATCH, count - start) for start in range(0, count, BATCH)]
+    ids: list[str] = []
     if not sys.stderr.isatty():
-        for start in range(0, len(envelopes), BATCH):
-            app.broker.publish_many(envelopes[start : start + BATCH])
-        return
+        for size in sizes:
+            ids += app.broker.publish_copies(envelope, size)
+        return ids
     from rich.progress import Progress
 
     with Progress(transient=True) as progress:
-        bar = progress.add_task("enqueueing", total=len(envelopes))
-        for start in range(0, len(envelopes), BATCH):
-            batch = envelopes[start : start + BATCH]
-            app.broker.publish_many(batch)
-            progress.advance(bar, len(batch))
+        bar = progress.add_task("enqueueing", total=count)
+        for size in sizes:
+            ids += app.broker.publish_copies(envelope, size)
+            progress.advance(bar, size)
+    return ids
 
 
 def _wait(app: Stem, ids: list[str], timeout: float | None, as_json: bool) -> int:

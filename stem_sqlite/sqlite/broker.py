@@ -10,6 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 from ..errors import InvalidArgument, JobInFlight, UnsupportedOperation
+from ..ids import new_ids
 from ..model import (
     Delivery,
     Envelope,
@@ -29,7 +30,7 @@ from .connection import Database, open_database, release_database
 from .consumer import SqliteConsumer
 from .dead_letters import DeadLetterStore
 from .maintenance import Periodic
-from .rows import decode_envelope
+from .rows import decode_envelope, texts_of_copies
 from .schema import BROKER
 from .settling import DeliverySettling, _split_receipt
 
@@ -193,6 +194,28 @@ class SqliteBroker(DeadLetterStore, DeliverySettling):
         params = self._job_params(envelope, self._now_ms())
         if self._db.write_one(sql.UPSERT_JOB, params).rowcount != 1:
             raise _in_flight(envelope.id)
+
+    def publish_copies(self, envelope: Envelope, count: int) -> list[str]:
+        """Publish ``count`` copies of ``envelope``, each with a fresh id, in one
+        transaction (all are stored, or none), and return their ids. What
+        ``stem-enqueue --count`` does: the envelope is checked and encoded once."""
+        if not isinstance(envelope, Envelope):
+            raise InvalidArgument(f"publish_copies takes an Envelope, got {envelope!r}")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise InvalidArgument(f"count must be an integer of 0 or more, got {count!r}")
+        ids = new_ids(count)
+        now = self._now_ms()
+        p = self._job_params(envelope, now)
+        head = (p["ns"],)
+        middle = (p["queue"], p["priority"], p["visible_at"], p["lease_ms"], p["attempt"], now, now)
+        rows = [
+            (*head, copy_id, *middle, text)
+            for copy_id, text in zip(ids, texts_of_copies(envelope, ids), strict=True)
+        ]
+        if rows:
+            with self._db.write() as conn:
+                conn.executemany(sql.INSERT_FRESH_JOB, rows)
+        return ids
 
     def publish_many(self, envelopes: Iterable[Envelope]) -> None:
         """Publish many envelopes in one transaction: all are stored, or none."""

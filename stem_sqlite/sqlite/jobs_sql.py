@@ -15,6 +15,14 @@ ON CONFLICT (namespace, id) DO UPDATE SET
 WHERE stem_jobs.lease_token IS NULL OR stem_jobs.visible_at <= excluded.updated_at
 """
 
+# A job whose id was just made (publish_copies): nothing to replace. Positional, for
+# the bulk path. Served by the UNIQUE (namespace, id) index, which refuses a collision.
+INSERT_FRESH_JOB = """
+INSERT INTO stem_jobs (namespace, id, queue, priority, visible_at, lease_token, leased_by,
+                       delivery_count, lease_ms, attempt, created_at, updated_at, envelope)
+VALUES (?, ?, ?, ?, ?, NULL, NULL, 0, ?, ?, ?, ?, ?)
+"""
+
 # Claim up to :n jobs in one statement. The subquery walks the index
 # stem_jobs_claim (namespace, queue, priority DESC, visible_at) from its start
 # and stops after :n rows, so its cost does not grow with delayed or leased jobs

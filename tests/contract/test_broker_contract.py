@@ -30,6 +30,7 @@ from stem_sqlite import (
     DeadLetterPage,
     Delivery,
     Envelope,
+    InvalidPayload,
     JobInFlight,
     ReplayResult,
     StemError,
@@ -1154,4 +1155,26 @@ def test_threads_receiving_at_once_never_claim_past_the_prefetch(broker: Any) ->
     assert len(got) == 4
     assert consumer.held == 4
     assert broker.inflight_count(queue) == 4
+    consumer.close()
+
+
+def test_publish_copies_stores_that_many_copies_each_with_its_own_id(broker: Any) -> None:
+    queue = "copies"
+    template = envelope(queue, args=[1, {"k": "é"}], priority=3)
+    ids = broker.publish_copies(template, 5)
+
+    assert len(ids) == len(set(ids)) == 5 and template.id not in ids
+    assert broker.pending_count(queue) == 5
+    consumer = broker.consume(queue, prefetch=5)
+    got = [consumer.receive(timeout=DELIVERY_TIMEOUT) for _ in ids]
+    assert sorted(d.envelope.id for d in got if d) == sorted(ids)
+    for delivery in got:
+        assert delivery is not None
+        # The same envelope as stored (times in milliseconds), but for its id.
+        assert replace(delivery.envelope, id=template.id).to_json() == template.to_json()
+        broker.ack(delivery)
+    assert broker.publish_copies(template, 0) == []
+    with pytest.raises(InvalidPayload):
+        broker.publish_copies(envelope(queue, args=[object()]), 2)
+    assert broker.pending_count(queue) == 0
     consumer.close()
