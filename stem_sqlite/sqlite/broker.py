@@ -21,7 +21,6 @@ from ..timeutil import (
     Clock,
     Duration,
     datetime_to_ms,
-    from_ms,
     to_ms,
     to_seconds,
 )
@@ -30,7 +29,7 @@ from .connection import Database, open_database, release_database
 from .consumer import SqliteConsumer
 from .dead_letters import DeadLetterStore
 from .maintenance import Periodic
-from .rows import decode_envelope, texts_of_copies
+from .rows import deliveries_of_claim, texts_of_copies
 from .schema import BROKER
 from .settling import DeliverySettling, _split_receipt
 
@@ -297,27 +296,8 @@ class SqliteBroker(DeadLetterStore, DeliverySettling):
     ) -> list[Delivery]:
         """The deliveries of the rows a claim returned, in claim order; a row that
         cannot be decoded is dead-lettered instead."""
-        token, now, queue = params["token"], params["now"], params["queue"]
-        rows.sort(key=lambda row: (-row[2], row[0]))
-        deliveries: list[Delivery] = []
-        damaged: list[tuple[str, str, str]] = []
-        for _rowid, job_id, _priority, visible_at, delivery_count, text in rows:
-            receipt = f"{token}:{job_id}"
-            try:
-                envelope = decode_envelope(text)
-            except Exception as exc:  # noqa: BLE001 - any damage is dead-lettered the same way
-                damaged.append((job_id, receipt, f"{type(exc).__name__}: {exc}"))
-                continue
-            deliveries.append(
-                Delivery(
-                    envelope,
-                    receipt,
-                    from_ms(visible_at),
-                    queue,
-                    delivery_count,
-                    (visible_at - now) / 1000,
-                )
-            )
+        queue = params["queue"]
+        deliveries, damaged = deliveries_of_claim(rows, params["token"], params["now"], queue)
         for job_id, receipt, problem in damaged:
             log.error(
                 "job %s in queue %s cannot be decoded (%s); dead-lettered", job_id, queue, problem

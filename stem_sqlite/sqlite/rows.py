@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..model import DeadLetterEntry, Envelope
+from ..model import DeadLetterEntry, Delivery, Envelope
 from ..timeutil import from_ms
 
 
@@ -56,3 +56,26 @@ def texts_of_copies(template: Envelope, ids: list[str]) -> list[str]:
         raise AssertionError("an envelope's JSON must start with its id")
     rest = text[len(head) :]
     return ['{"id":"' + copy_id + '"' + rest for copy_id in ids]
+
+
+def deliveries_of_claim(
+    rows: list[Any], token: str, now: int, queue: str
+) -> tuple[list[Delivery], list[tuple[str, str, str]]]:
+    """The deliveries of the rows a claim returned (``rowid, id, priority, visible_at,
+    delivery_count, envelope``), in claim order, and the rows that cannot be decoded as
+    ``(job id, receipt, problem)``."""
+    rows.sort(key=lambda row: (-row[2], row[0]))
+    deliveries: list[Delivery] = []
+    damaged: list[tuple[str, str, str]] = []
+    for _rowid, job_id, _priority, visible_at, delivery_count, text in rows:
+        receipt = f"{token}:{job_id}"
+        try:
+            envelope = decode_envelope(text)
+        except Exception as exc:  # noqa: BLE001 - any damage is dead-lettered the same way
+            damaged.append((job_id, receipt, f"{type(exc).__name__}: {exc}"))
+            continue
+        lease = (visible_at - now) / 1000
+        deliveries.append(
+            Delivery(envelope, receipt, from_ms(visible_at), queue, delivery_count, lease)
+        )
+    return deliveries, damaged
