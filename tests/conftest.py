@@ -10,6 +10,17 @@ import pytest
 
 T = TypeVar("T")
 
+#: Variables of the environment that would change where the tools look: cleared for
+#: every tool a test starts.
+TOOL_ENVIRONMENT = (
+    "STEM_SQLITE_BROKER_PATH",
+    "STEM_SQLITE_BACKEND_PATH",
+    "STEM_SQLITE_PATH",
+    "STEM_APP",
+    "STEM_PATH",
+    "WORKER_NAME",
+)
+
 
 def wait_for(
     predicate: Callable[[], T], *, timeout: float = 5.0, interval: float = 0.01, message: str = ""

@@ -209,7 +209,9 @@ class SqliteBroker(DeadLetterStore, DeliverySettling):
         middle = (p["queue"], p["priority"], p["visible_at"], p["lease_ms"], p["attempt"], now, now)
         rows = [
             (*head, copy_id, *middle, text)
-            for copy_id, text in zip(ids, texts_of_copies(envelope, ids), strict=True)
+            for copy_id, text in zip(
+                ids, texts_of_copies(envelope.id, p["envelope"], ids), strict=True
+            )
         ]
         if rows:
             with self._db.write() as conn:

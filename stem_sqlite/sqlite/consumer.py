@@ -104,24 +104,14 @@ class SqliteConsumer:
             # A change mark is taken before a claim, so that a commit right after an
             # empty claim is not missed. While jobs keep coming it is not needed: an
             # empty claim without one is simply made again with one.
-            late: list[str] = []
             claimed: list[Delivery] = []
+            released = False
             try:
                 mark = db.mark() if self._expect_empty else None
                 claimed = self.broker._claim(self.queue, room, self)
             finally:
-                with self._state:
-                    self._claiming -= room
-                    if self._closed:
-                        late = [d.receipt for d in claimed]
-                    else:
-                        self._buffer.extend(claimed)
-                    self._state.notify_all()  # threads waiting for this claim look again
-            self._expect_empty = not claimed
-            if claimed:
-                self._last_claimed = time.monotonic()
-            if late:
-                self.broker._release_receipts(late)
+                released = self._end_claim(room, claimed)
+            if released:
                 return None
             if claimed or mark is None:
                 continue
@@ -160,22 +150,28 @@ class SqliteConsumer:
                 room = max(0, self.prefetch - taken)
             self._claiming += room
         claimed: list[Delivery] = []
-        late: list[str] = []
         try:
             done, claimed = self.broker._ack_and_claim(deliveries, self, room)
         finally:
-            with self._state:
-                self._claiming -= room
-                if self._closed:
-                    late = [delivery.receipt for delivery in claimed]
-                else:
-                    self._buffer.extend(claimed)
-                self._state.notify_all()
+            self._end_claim(room, claimed)
+        return done
+
+    def _end_claim(self, room: int, claimed: list[Delivery]) -> bool:
+        """Give back the ``room`` slots a claim reserved and buffer what it took, or,
+        once the consumer is closed, release it (then True)."""
+        with self._state:
+            self._claiming -= room
+            late = [delivery.receipt for delivery in claimed] if self._closed else []
+            if not self._closed:
+                self._buffer.extend(claimed)
+            self._state.notify_all()  # threads waiting for this claim look again
         if room:
             self._expect_empty = not claimed
+        if claimed:
+            self._last_claimed = time.monotonic()
         if late:
             self.broker._release_receipts(late)
-        return done
+        return bool(late)
 
     def next_token(self) -> str:
         """A fresh lease token for one claim of this consumer."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -48,14 +49,7 @@ class DeliverySettling:
 
     def ack(self, delivery: Delivery) -> bool:
         """Delete the job if this receipt still holds it; False (and no change) otherwise."""
-        token, job_id = _split_receipt(_receipt_of(delivery))
-        try:
-            done = self._db.write_one(sql.ACK_JOB, (self.namespace, job_id, token)).rowcount == 1
-        finally:
-            self._settled(delivery.receipt)
-        if not done:
-            log.warning("stale receipt: ack of job %s refused (its lease was taken over)", job_id)
-        return done
+        return self.ack_many([delivery])[0]
 
     def ack_many(self, deliveries: Sequence[Delivery]) -> list[bool]:
         """Ack several deliveries in one transaction; for each, whether its job was
@@ -69,17 +63,11 @@ class DeliverySettling:
                 done.append(self._db.write_one(sql.ACK_JOB, params).rowcount == 1)
             elif keys:
                 with self._db.write() as conn:
-                    for token, job_id in keys:
-                        cursor = conn.execute(sql.ACK_JOB, (self.namespace, job_id, token))
-                        done.append(cursor.rowcount == 1)
+                    done = self._ack_keys(conn, keys)
         finally:
             for delivery in deliveries:
                 self._settled(delivery.receipt)
-        for (_token, job_id), ok in zip(keys, done, strict=True):
-            if not ok:
-                log.warning(
-                    "stale receipt: ack of job %s refused (its lease was taken over)", job_id
-                )
+        _warn_stale(keys, done)
         return done
 
     def _ack_and_claim(
@@ -93,20 +81,21 @@ class DeliverySettling:
         rows: list[Any] = []
         try:
             with self._db.write() as conn:
-                for token, job_id in keys:
-                    cursor = conn.execute(sql.ACK_JOB, (self.namespace, job_id, token))
-                    done.append(cursor.rowcount == 1)
+                done = self._ack_keys(conn, keys)
                 if n > 0:
                     rows = conn.execute(sql.CLAIM_JOBS, params).fetchall()
         finally:
             for delivery in deliveries:
                 self._settled(delivery.receipt)
-        for (_token, job_id), ok in zip(keys, done, strict=True):
-            if not ok:
-                log.warning(
-                    "stale receipt: ack of job %s refused (its lease was taken over)", job_id
-                )
+        _warn_stale(keys, done)
         return done, self._delivered(rows, params, consumer)
+
+    def _ack_keys(self, conn: sqlite3.Connection, keys: list[tuple[str, str]]) -> list[bool]:
+        """Ack ``(token, job id)`` pairs inside an open transaction; whether each deleted."""
+        return [
+            conn.execute(sql.ACK_JOB, (self.namespace, job_id, token)).rowcount == 1
+            for token, job_id in keys
+        ]
 
     def nack(self, delivery: Delivery, *, requeue: bool = True) -> bool:
         """Make the job visible again at once, or dead-letter it with reason ``"nack"``."""
@@ -192,3 +181,9 @@ def _split_receipt(receipt: str) -> tuple[str, str]:
     if not sep or not token or not job_id:
         raise InvalidArgument(f"{receipt!r} is not a receipt issued by a SQLite broker")
     return token, job_id
+
+
+def _warn_stale(keys: list[tuple[str, str]], done: list[bool]) -> None:
+    for (_token, job_id), ok in zip(keys, done, strict=True):
+        if not ok:
+            log.warning("stale receipt: ack of job %s refused (its lease was taken over)", job_id)

@@ -93,10 +93,6 @@ class SettleBatch:
                 or time.monotonic() - self._pending[0].since >= self.max_delay
             )
 
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._pending)
-
     # -- flushing ----------
 
     def flush(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import queue as queue_module
 import threading
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..model import Delivery
@@ -40,7 +41,9 @@ class WorkLoops:
     _settled: threading.Event
     _last_lease: HeldLease | None
 
-    def _fetch(self, consumer: Any) -> None:
+    def _received(self, consumer: Any) -> Iterator[Delivery]:
+        """Deliveries of ``consumer`` until the worker stops. A failed claim is tried
+        again a second later; a delivery that arrives after the stop goes back."""
         while not self._stopping.is_set():
             try:
                 delivery = consumer.receive(timeout=0.5)
@@ -55,6 +58,10 @@ class WorkLoops:
             if self._stopping.is_set():
                 self._release(delivery)
                 return
+            yield delivery
+
+    def _fetch(self, consumer: Any) -> None:
+        for delivery in self._received(consumer):
             self._work.put((delivery, self._hold(delivery)))
 
     def _fetch_many(self) -> None:
@@ -120,20 +127,7 @@ class WorkLoops:
             self._settled.set()
 
     def _claim_and_execute(self, consumer: Any) -> None:
-        while not self._stopping.is_set():
-            try:
-                delivery = consumer.receive(timeout=0.5)
-            except Exception:
-                if self._stopping.is_set():
-                    return
-                log.exception("claiming from queue %s failed; retrying", consumer.queue)
-                self._stopping.wait(1.0)
-                continue
-            if delivery is None:
-                continue
-            if self._stopping.is_set():
-                self._release(delivery)
-                return
+        for delivery in self._received(consumer):
             self._pipeline.handle(delivery, self._hold(delivery))
             # This executor's next claim waits for the ack of this one: store it now
             # (with whatever other executors added meanwhile).

@@ -16,21 +16,13 @@ import pytest
 
 from stem_sqlite import Stem
 from tests.canvas import canvas_tasks
-from tests.conftest import wait_for
+from tests.conftest import TOOL_ENVIRONMENT, wait_for
 from tests.runtime.conftest import AppFactory
 
 STEM_WORKER = Path(sys.executable).parent / "stem-worker"
 TASKS_FILE = Path(canvas_tasks.__file__).resolve()
 
-#: Variables of the environment that would change where the worker looks.
-CLEARED = (
-    "STEM_SQLITE_BROKER_PATH",
-    "STEM_SQLITE_BACKEND_PATH",
-    "STEM_SQLITE_PATH",
-    "STEM_APP",
-    "STEM_PATH",
-    "WORKER_NAME",
-)
+CLEARED = TOOL_ENVIRONMENT
 
 
 @dataclass

@@ -21,20 +21,12 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import wait_for
+from tests.conftest import TOOL_ENVIRONMENT, wait_for
 
 BIN = Path(sys.executable).parent
 TOOLS = ("stem-worker", "stem-enqueue", "stem")
 
-#: Variables of the environment that would change where the tools look.
-CLEARED = (
-    "STEM_SQLITE_BROKER_PATH",
-    "STEM_SQLITE_BACKEND_PATH",
-    "STEM_SQLITE_PATH",
-    "STEM_APP",
-    "STEM_PATH",
-    "WORKER_NAME",
-)
+CLEARED = TOOL_ENVIRONMENT
 
 #: An app with a task per queue and a task that always fails without retry delays.
 TASKS_PY = """\

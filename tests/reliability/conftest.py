@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from stem_sqlite import Envelope, SqliteBroker, SqliteResultBackend
-from tests.conftest import wait_for
+from tests.conftest import TOOL_ENVIRONMENT, wait_for
 from tests.reliability.rel_tasks import QUEUE, TASK
 
 HERE = Path(__file__).resolve().parent
@@ -35,16 +35,7 @@ TASKS_FILE = HERE / "rel_tasks.py"
 BIN = Path(sys.executable).parent
 REPO = HERE.parent.parent
 
-#: Variables of the environment that would change where the tools look.
-CLEARED = (
-    "STEM_SQLITE_BROKER_PATH",
-    "STEM_SQLITE_BACKEND_PATH",
-    "STEM_SQLITE_PATH",
-    "STEM_APP",
-    "STEM_PATH",
-    "WORKER_NAME",
-    "STEM_REL_RECORD_QUEUED",
-)
+CLEARED = (*TOOL_ENVIRONMENT, "STEM_REL_RECORD_QUEUED")
 
 #: Text that must never reach a user: a lock error or any traceback.
 FORBIDDEN = ("database is locked", "stayed locked", "DatabaseBusy", "Traceback")

@@ -35,16 +35,11 @@ from stem_cli.errors import run_app
 
 from stem_sqlite import EnqueueOptions, Envelope, SqliteBroker, Stem, StemError
 from stem_sqlite.sqlite.rows import decode_envelope
+from tests.conftest import TOOL_ENVIRONMENT
 
 BIN = Path(sys.executable).parent
 SEED_ID = "seed-job"
-CLEARED = (
-    "STEM_SQLITE_BROKER_PATH",
-    "STEM_SQLITE_BACKEND_PATH",
-    "STEM_SQLITE_PATH",
-    "STEM_APP",
-    "STEM_PATH",
-)
+CLEARED = TOOL_ENVIRONMENT
 
 # -- the broker file, seen from outside ----------
 
