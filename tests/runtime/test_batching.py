@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from stem_sqlite import Stem, TaskState
+from stem_sqlite.worker.leases import HeldLease
 from tests.conftest import wait_for
 from tests.runtime import tasks
 from tests.runtime.conftest import AppFactory, run_burst, running
@@ -105,3 +106,25 @@ def test_warm_shutdown_stores_every_finished_result(make_app: AppFactory) -> Non
     assert all(r.get(timeout=0) == i + 1 for i, r in enumerate(results) if r in done)
     left = app.broker.pending_count("default") + app.broker.inflight_count("default")
     assert left == len(results) - len(done)
+
+
+def test_a_job_whose_lease_ended_before_it_started_is_not_run(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    """What a worker resumed after a long pause meets: its delivery's lease is over
+    (another worker may hold the job now), so the body must not start."""
+    app = make_app(visibility=0.2)
+    record = app.task(name="rt.record")(tasks.record)
+    log = str(tmp_path / "runs.jsonl")
+    record.delay(log, "late")
+    consumer = app.broker.consume("default")
+    delivery = consumer.receive(timeout=5)
+    assert delivery is not None
+    wait_for(lambda: app.broker.pending_count("default") == 1, timeout=5)  # the lease ended
+    with running(app, queues=["elsewhere"]) as worker:  # takes nothing from "default"
+        assert worker.scheduler is not None
+        lease = HeldLease(delivery, app.broker, worker.scheduler)  # never renewed
+        worker._pipeline.handle(delivery, lease)
+    assert tasks.read(log) == []
+    assert app.broker.pending_count("default") == 1  # still there for a live worker
+    consumer.close()
