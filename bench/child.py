@@ -48,18 +48,19 @@ def stem_app() -> Any:
     return stem_app
 
 
+#: Queues a worker of W3's several-queue variant also consumes (empty; listed first).
+OTHER_QUEUES = ["bench-other-1", "bench-other-2"]
+
+
 def stem_worker(
-    folder: Path, concurrency: int | None, multiplier: int | None = None
+    folder: Path,
+    concurrency: int | None,
+    multiplier: int | None = None,
+    queues: list[str] | None = None,
 ) -> subprocess.Popen[bytes]:
-    argv = [
-        str(BIN / "stem-worker"),
-        "--app",
-        str(HERE / "stem_app.py"),
-        "-Q",
-        "bench",
-        "-l",
-        "WARNING",
-    ]
+    argv = [str(BIN / "stem-worker"), "--app", str(HERE / "stem_app.py"), "-l", "WARNING"]
+    for queue in queues or ["bench"]:
+        argv += ["-Q", queue]
     if concurrency:
         argv += ["-c", str(concurrency)]
     if multiplier:
@@ -237,14 +238,16 @@ def w2_drain(
     return {"rate": (n - first) / elapsed}
 
 
-def w3_latency(system: str, n: int, folder: Path) -> dict[str, Any]:
+def w3_latency(system: str, n: int, folder: Path, several: bool = False) -> dict[str, Any]:
+    """Enqueue-to-start latency; ``several``: the worker also consumes two empty queues."""
     stamps = folder / "stamps.txt"
     stamps.touch()
     os.environ["BENCH_STAMPS"] = str(stamps)
     os.environ["BENCH_DIR"] = str(folder)
     if system == "stem":
         app = stem_app()
-        worker = stem_worker(folder, None)
+        queues = [*OTHER_QUEUES, "bench"] if several else None
+        worker = stem_worker(folder, None, queues=queues)
         enqueue = app.stamp.delay
         app.app.broker  # noqa: B018
     else:
@@ -369,7 +372,7 @@ def main() -> None:
             int(multiplier) if multiplier else None,
         )
     elif workload == "latency":
-        result = w3_latency(system, n, folder)
+        result = w3_latency(system, n, folder, several=extra == "3q")
     elif workload == "depth":
         result = w4_depth(system, n, folder, delayed=extra == "delayed")
     elif workload == "idle":

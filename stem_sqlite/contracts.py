@@ -78,6 +78,18 @@ class Broker(Protocol):
 
     def ack(self, delivery: Delivery) -> bool: ...
 
+    def change_mark(self) -> object:
+        """What the broker has seen so far. Take it before looking for jobs, then pass
+        it to :meth:`wait_for_change`, so that nothing published in between is missed."""
+        ...
+
+    def wait_for_change(self, mark: object, timeout: Duration) -> bool:
+        """Block until the broker may have changed after ``mark`` (by any process, on
+        any queue) or ``timeout`` seconds pass; True on a change. It may return False
+        sooner (a delayed job falls due without a change). How a consumer of several
+        queues waits for all of them at once."""
+        ...
+
     def ack_many(self, deliveries: Sequence[Delivery]) -> list[bool]: ...
 
     def nack(self, delivery: Delivery, *, requeue: bool = True) -> bool: ...

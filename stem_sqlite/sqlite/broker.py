@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from typing import Any
@@ -25,7 +26,7 @@ from ..timeutil import (
     to_seconds,
 )
 from . import jobs_sql as sql
-from .connection import Database, open_database, release_database
+from .connection import ChangeMark, Database, open_database, release_database
 from .consumer import SqliteConsumer
 from .dead_letters import DeadLetterStore
 from .maintenance import Periodic
@@ -85,6 +86,7 @@ class SqliteBroker(DeadLetterStore, DeliverySettling):
         self.clock = clock or SYSTEM_CLOCK
         self._consumers: set[SqliteConsumer] = set()
         self._holder_of: dict[str, SqliteConsumer] = {}
+        self._last_claimed = time.monotonic()
         self._lock = threading.Lock()
         self._closed = False
         self._sweeper = Periodic(
@@ -276,6 +278,23 @@ class SqliteBroker(DeadLetterStore, DeliverySettling):
             self._consumers.add(consumer)
         return consumer
 
+    def change_mark(self) -> object:
+        """What has been seen of this file so far (see :meth:`wait_for_change`)."""
+        return self._db.mark()
+
+    def wait_for_change(self, mark: object, timeout: Duration) -> bool:
+        """Block until this file changes after ``mark`` or ``timeout`` passes, and no
+        longer than ``poll_interval``: a delayed job falls due without any commit.
+        Commits of this process wake it at once; those of other processes are noticed
+        within ``change_check_interval`` (twice that after a second without claims)."""
+        if not isinstance(mark, ChangeMark):
+            raise InvalidArgument(f"mark must come from change_mark(), got {mark!r}")
+        wait = min(to_seconds(timeout, name="timeout"), self.poll_interval)
+        check = self.change_check_interval
+        if time.monotonic() - self._last_claimed > 1.0:
+            check = min(2 * check, self.poll_interval)
+        return self._db.wait_for_change(mark, wait, check)
+
     def _claim(self, queue: str, n: int, consumer: SqliteConsumer) -> list[Delivery]:
         """Lease up to ``n`` visible jobs of ``queue`` in one statement."""
         params = self._claim_params(queue, n, consumer)
@@ -308,6 +327,8 @@ class SqliteBroker(DeadLetterStore, DeliverySettling):
         with self._lock:
             for delivery in deliveries:
                 self._holder_of[delivery.receipt] = consumer
+        if deliveries:
+            self._last_claimed = time.monotonic()
         return deliveries
 
     def _settled(self, receipt: str) -> None:

@@ -67,12 +67,17 @@ class WorkLoops:
     def _fetch_many(self) -> None:
         """One fetcher for several queues, so that ``prefetch`` bounds the deliveries
         held across all of them: each claim may take only what the budget has left.
-        It checks every queue without waiting, then waits a little on each in turn."""
-        turn = 0
+
+        It checks every queue, then waits for the next commit to the broker file (all
+        the queues live in it), so a job on any queue is picked up as fast as on one.
+        """
+        broker = self.app.broker
         while not self._stopping.is_set():
-            got = False
-            free = 0
             try:
+                # Taken before the claims: a commit made while they run wakes the wait.
+                mark = broker.change_mark()
+                got = False
+                free = 0
                 for consumer in self._consumers:
                     free = self.prefetch - sum(c.held for c in self._consumers)
                     if free <= 0:
@@ -87,11 +92,7 @@ class WorkLoops:
                     self._settled.wait(0.05)
                     self._settled.clear()
                     continue
-                consumer = self._consumers[turn % len(self._consumers)]
-                turn += 1
-                delivery = consumer.receive(timeout=0.05, limit=free)
-                if delivery is not None:
-                    self._accept(delivery)
+                broker.wait_for_change(mark, 1.0)
             except Exception:
                 if self._stopping.is_set():
                     return

@@ -1064,6 +1064,33 @@ def test_close_is_idempotent_and_ends_its_consumers(engine: Any) -> None:
         again.close()  # closing inside the with block, then on exit, is fine
 
 
+def waits_for_change(broker: Any, mark: object) -> bool:
+    """Whether a change after ``mark`` is seen within DELIVERY_TIMEOUT (a wait may end
+    early without one: a delayed job falls due without any change)."""
+    deadline = time.monotonic() + DELIVERY_TIMEOUT
+    while time.monotonic() < deadline:
+        if broker.wait_for_change(mark, DELIVERY_TIMEOUT):
+            return True
+    return False
+
+
+def test_wait_for_change_sees_a_publish_made_after_the_mark(broker: Any) -> None:
+    """What a worker on several queues waits on: one wait covers every queue."""
+    mark = broker.change_mark()
+    broker.publish(envelope("change-a"))
+    assert waits_for_change(broker, mark)
+
+
+def test_wait_for_change_wakes_a_waiting_thread_on_a_publish_to_any_queue(broker: Any) -> None:
+    mark = broker.change_mark()
+    seen: list[bool] = []
+    waiter = threading.Thread(target=lambda: seen.append(waits_for_change(broker, mark)))
+    waiter.start()
+    broker.publish(envelope("change-b"))
+    waiter.join(DELIVERY_TIMEOUT + 1)
+    assert seen == [True]
+
+
 # -- SQLite-specific ---------------------------------------------------------------------
 
 
@@ -1074,6 +1101,19 @@ class TestSqliteSpecific:
     def _sqlite_only(self, engine: Any) -> None:
         if engine.name != "sqlite":
             pytest.skip("damages the SQLite job table directly")
+
+    def test_wait_for_change_sees_a_commit_of_another_connection(self, broker: Any) -> None:
+        """Another process's commit is noticed: it cannot wake this process's threads."""
+        broker.publish(envelope("change-other"))
+        mark = broker.change_mark()
+        with sqlite3.connect(broker.path) as conn:
+            conn.execute("UPDATE stem_jobs SET updated_at = updated_at + 1")
+        conn.close()
+        assert waits_for_change(broker, mark)
+
+    def test_wait_for_change_refuses_a_mark_it_did_not_make(self, broker: Any) -> None:
+        with pytest.raises(StemError, match="change_mark"):
+            broker.wait_for_change(object(), 0.01)
 
     @pytest.mark.parametrize("damage", ["invalid-json", "not-an-object", "missing-name"])
     def test_malformed_job_row_is_dead_lettered(self, broker: Any, damage: str) -> None:
