@@ -200,7 +200,11 @@ class ResultBackend(Protocol):
         *,
         callback_task_id: str | None = None,
         dispatched_at: datetime | None = None,
-    ) -> bool: ...
+        claimed_by: str | None = None,
+    ) -> bool:
+        """Exactly one caller wins; a later call with the winner's ``claimed_by`` wins
+        again (the re-run of the member that claimed, after a crash)."""
+        ...
 
     def run_cleanup(self) -> int: ...
 

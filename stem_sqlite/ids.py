@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
@@ -48,5 +49,20 @@ def _next_prefix() -> int:
 def _format(prefix: int, random_bits: int) -> str:
     value = prefix | (0b10 << 62) | (random_bits & ((1 << 62) - 1))
     # The canonical 8-4-4-4-12 text, formatted directly (uuid.UUID costs twice as much).
+    text = f"{value:032x}"
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+def derived_id(*parts: str) -> str:
+    """A fixed id made from ``parts`` (UUID version 8 layout, from their SHA-256).
+
+    The id of a follow-up job (a link, the next step of a chain) is derived from its
+    parent's id, so a parent that runs again after a crash publishes the same job, not
+    a second one.
+    """
+    digest = hashlib.sha256("\x1f".join(parts).encode()).digest()
+    value = int.from_bytes(digest[:16], "big")
+    value = (value & ~(0xF << 76)) | (0x8 << 76)  # version 8: custom
+    value = (value & ~(0b11 << 62)) | (0b10 << 62)  # the RFC 9562 variant
     text = f"{value:032x}"
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"

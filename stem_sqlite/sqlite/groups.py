@@ -148,14 +148,18 @@ class GroupsAndHeartbeats:
         *,
         callback_task_id: str | None = None,
         dispatched_at: datetime | None = None,
+        claimed_by: str | None = None,
     ) -> bool:
         """Claim the right to dispatch the group's chord callback. Exactly one caller,
-        in any process, gets True; a missing or expired group gives False."""
+        in any process, gets True; a missing or expired group gives False. A later
+        claim with the winner's ``claimed_by`` (the id of the member task that claimed)
+        gets True again: that member's re-run, after a crash, finishes the dispatch."""
         when = iso(require_aware(dispatched_at, name="dispatched_at")) if dispatched_at else None
         params = {
             "now": self._now_ms(),
             "callback": callback_task_id,
             "dispatched_at": when,
+            "claimed_by": claimed_by,
             "ns": self.namespace,
             "id": group_id,
         }

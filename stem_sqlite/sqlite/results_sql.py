@@ -85,13 +85,20 @@ ORDER BY position IS NULL, position, created_at, task_id
 """
 
 # Exactly one caller wins: the update is conditional on the dedicated column.
+# The first claim wins. The winner may claim again with the same ``claimed_by`` (the
+# member task id): a re-run of that member after a crash resumes the dispatch.
 CLAIM_CHORD = """
 UPDATE stem_groups
 SET chord_claimed = 1, updated_at = :now,
-    meta = json_set(meta, '$."stem.chord.claimed"', json('true'),
-                    '$."stem.chord.callbackTaskId"', :callback,
-                    '$."stem.chord.dispatchedAt"', :dispatched_at)
-WHERE namespace = :ns AND id = :id AND chord_claimed = 0 AND expires_at > :now
+    meta = json_patch(  -- a merge patch: a NULL claimed_by adds no key
+        json_set(meta, '$."stem.chord.claimed"', json('true'),
+                 '$."stem.chord.callbackTaskId"', :callback,
+                 '$."stem.chord.dispatchedAt"', :dispatched_at),
+        json_object('stem.chord.claimedBy', :claimed_by))
+WHERE namespace = :ns AND id = :id AND expires_at > :now
+  AND (chord_claimed = 0
+       OR (:claimed_by IS NOT NULL
+           AND json_extract(meta, '$."stem.chord.claimedBy"') = :claimed_by))
 """
 
 UPSERT_HEARTBEAT = """

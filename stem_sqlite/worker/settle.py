@@ -1,9 +1,11 @@
-"""Settling an attempt: store its status while the lease holds, then ack, reschedule or
-dead-letter the job, then tell the group and dispatch links. Engine-agnostic."""
+"""Settling an attempt: store its status while the lease holds, then (before the ack,
+so that a crash loses none of them) tell the group, dispatch links and continue the
+chain, then ack, reschedule or dead-letter the job. Engine-agnostic."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -12,18 +14,14 @@ from ..model import Envelope, StatusWrite, TaskError, TaskState, TaskStatus
 from ..options import (
     HEADER_GROUP_ID,
     META_LINK,
-    META_LINK_ERROR,
     META_RETRY_POLICY,
     META_SOFT_TIME_LIMIT_MS,
     META_TIME_LIMIT_MS,
-    EnqueueOptions,
     RetryPolicy,
 )
-from ..producer import build_envelope
 from ..retry import retry_delay
-from ..signature import Signature
 from ..timeutil import iso, parse_iso, utcnow
-from .canvas_steps import break_chain, continue_chain, settle_chord
+from .canvas_steps import after_failure, after_success, report_to_group
 from .execution import Execution
 from .leases import lease_epoch
 from .outcome import Outcome
@@ -123,15 +121,33 @@ class Settler:
             meta=status_meta,
             owner=execution.owner,
         )
-        if not self.broker.ack(execution.delivery) or not written:
+        if not written:
             return self._lost(execution)
         status = TaskStatus(
             envelope.id, TaskState.SUCCEEDED, payload, None, envelope.attempt, status_meta
         )
-        self._group_result(envelope, status)
-        self.dispatch_links(envelope, META_LINK)
-        continue_chain(self, envelope, payload if payload is not None else value)
+        if not self._follow_up(execution, lambda: after_success(self, envelope, status, value)):
+            return "released"
+        if not self.broker.ack(execution.delivery):
+            return self._lost(execution)
         return "succeeded"
+
+    def _follow_up(self, execution: Execution, follow_ups: Callable[[], None]) -> bool:
+        """Run the follow-ups of an ended task before its ack. When one cannot be stored,
+        the job is released, so it runs again and its re-run does them (each is done
+        once, however often it is tried: see canvas_steps.py)."""
+        try:
+            follow_ups()
+        except Exception:
+            log.exception(
+                "task %s[%s]: its group, links or chain could not be stored; the job is "
+                "released to run again",
+                execution.envelope.name,
+                execution.envelope.id,
+            )
+            self.broker.nack(execution.delivery, requeue=True)
+            return False
+        return True
 
     def _lost(self, execution: Execution) -> str:
         log.warning(
@@ -249,17 +265,18 @@ class Settler:
             meta=status_meta,
             owner=execution.owner,
         )
-        dead = self.broker.dead_letter(
-            execution.delivery, reason=reason, meta={"error": f"{final.type}: {final.message}"}
-        )
-        if not dead or not written:
+        if not written:
             return self._lost(execution)
         status = TaskStatus(
             envelope.id, TaskState.FAILED, None, final, envelope.attempt, status_meta
         )
-        self._group_result(envelope, status)
-        self.dispatch_links(envelope, META_LINK_ERROR)
-        break_chain(self, envelope, final)
+        if not self._follow_up(execution, lambda: after_failure(self, envelope, status)):
+            return "released"
+        dead = self.broker.dead_letter(
+            execution.delivery, reason=reason, meta={"error": f"{final.type}: {final.message}"}
+        )
+        if not dead:
+            return self._lost(execution)
         return "failed"
 
     # -- terminal states decided before the body runs ----------
@@ -273,11 +290,11 @@ class Settler:
         dead_letter_reason: str | None,
     ) -> None:
         """End a job this worker holds but will not run: store its final status (taking
-        the record over, as a fresh lease may), then ack or dead-letter it, then report
-        it to its group."""
+        the record over, as a fresh lease may), report it to its group, then ack or
+        dead-letter it. A status refused (a newer lease wrote one) ends nothing."""
         envelope = delivery.envelope
         meta = {**envelope.meta, "queue": envelope.queue, **extra_meta}
-        self.backend.set(
+        written = self.backend.set(
             envelope.id,
             state,
             error=error,
@@ -287,15 +304,22 @@ class Settler:
             take_over=True,
             epoch=lease_epoch(delivery),
         )
+        if not written:
+            log.warning("job %s: a newer lease owns its status; left to it", envelope.id)
+            self.broker.nack(delivery, requeue=True)  # refused too if the lease is gone
+            return
+        status = TaskStatus(envelope.id, state, None, error, envelope.attempt, meta)
+        try:
+            report_to_group(self, envelope, status)
+        except Exception:
+            log.exception("job %s: its group could not be told; released", envelope.id)
+            self.broker.nack(delivery, requeue=True)
+            return
         if dead_letter_reason is None:
-            settled = self.broker.ack(delivery)
+            self.broker.ack(delivery)
         else:
-            settled = self.broker.dead_letter(
+            self.broker.dead_letter(
                 delivery, reason=dead_letter_reason, meta={"error": error.message}
-            )
-        if settled:
-            self._group_result(
-                envelope, TaskStatus(envelope.id, state, None, error, envelope.attempt, meta)
             )
 
     def cancel_expired(self, delivery: Any, expired_at: str) -> None:
@@ -322,37 +346,6 @@ class Settler:
             "each worker that ran it stopped (crash, kill or lost lease)",
         )
         self._end_unrun(delivery, TaskState.FAILED, error, {}, "delivery-limit-exceeded")
-
-    # -- groups and links ----------
-
-    def _group_result(self, envelope: Envelope, status: TaskStatus) -> None:
-        group_id = envelope.headers.get(HEADER_GROUP_ID)
-        if not group_id:
-            return
-        group = self.backend.add_group_result(str(group_id), status)
-        if group is not None:
-            try:
-                settle_chord(self, group)
-            except Exception:
-                log.exception("could not settle the chord of group %s", group_id)
-
-    def dispatch_links(self, envelope: Envelope, key: str) -> None:
-        for item in envelope.meta.get(key) or ():
-            try:
-                signature = Signature.from_dict(item)
-                options: EnqueueOptions = signature.enqueue_options()
-                link_envelope = build_envelope(
-                    signature.name,
-                    signature.args,
-                    signature.kwargs,
-                    options,
-                    task_defaults=self.worker.app.tasks.get(signature.name),
-                    parent=envelope,
-                    clock=self.worker.app.clock,
-                )
-                self.worker.app.publish(link_envelope, options)
-            except Exception:
-                log.exception("could not dispatch the %s callback of task %s", key, envelope.id)
 
 
 def _allowed(outcome: Outcome, policy: RetryPolicy | None) -> bool:

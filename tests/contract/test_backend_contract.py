@@ -666,6 +666,28 @@ def test_rt9_claim_chord_allows_a_single_claimant(backend: Any) -> None:
     assert group.meta["purpose"] == "chord", "claiming must keep the group's other meta"
 
 
+def test_claim_chord_lets_only_the_winning_member_claim_again(backend: Any) -> None:
+    """A member that claimed and then crashed before publishing the callback runs
+    again with the same task id: it must be able to finish the dispatch; no other
+    member may, and a claim without ``claimed_by`` never matches."""
+    backend.init_group(GroupDescriptor(id="resume-group", expected=2, ttl=30))
+    assert backend.claim_chord("resume-group", callback_task_id="cb", claimed_by="m-1")
+    assert backend.claim_chord("resume-group", callback_task_id="cb", claimed_by="m-2") is False
+    assert backend.claim_chord("resume-group", callback_task_id="cb") is False
+    assert backend.claim_chord("resume-group", callback_task_id="cb", claimed_by="m-1") is True
+    group = backend.get_group("resume-group")
+    assert group is not None
+    assert group.meta["stem.chord.claimedBy"] == "m-1"
+
+
+def test_claim_chord_without_a_claimant_adds_no_claimant_key(backend: Any) -> None:
+    backend.init_group(GroupDescriptor(id="plain-claim", expected=1, ttl=30))
+    assert backend.claim_chord("plain-claim", callback_task_id="cb") is True
+    group = backend.get_group("plain-claim")
+    assert group is not None
+    assert "stem.chord.claimedBy" not in group.meta
+
+
 def test_claim_chord_on_a_missing_group_is_false(backend: Any) -> None:
     assert backend.claim_chord("no-such-group", callback_task_id="cb") is False
     assert backend.get_group("no-such-group") is None
