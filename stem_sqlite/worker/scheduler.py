@@ -15,34 +15,68 @@ log = logging.getLogger("stem_sqlite.worker")
 class Timer:
     """A handle to cancel a scheduled call."""
 
-    __slots__ = ("cancelled",)
+    __slots__ = ("_scheduler", "callback", "cancelled")
 
-    def __init__(self) -> None:
+    def __init__(self, callback: Callable[[], object] | None = None) -> None:
         self.cancelled = False
+        self.callback = callback
+        self._scheduler: Scheduler | None = None
 
     def cancel(self) -> None:
+        """Never call it. The callback (a lease, with its delivery) is let go at once,
+        not when its time would have come."""
+        if self.cancelled:
+            return
         self.cancelled = True
+        self.callback = None
+        if self._scheduler is not None:
+            self._scheduler._count_cancelled()
+
+
+#: Below this many cancelled entries the queue is never rebuilt.
+COMPACT_AFTER = 1024
 
 
 class Scheduler:
-    """Runs callbacks at monotonic times on one daemon thread; a failing callback is logged."""
+    """Runs callbacks at monotonic times on one daemon thread; a failing callback is logged.
+
+    Most timers are cancelled long before their time (a lease renewal is cancelled when
+    its task ends): their entries are dropped in bulk once they are the majority, so a
+    worker settling thousands of tasks a second keeps a small queue.
+    """
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, Timer, Callable[[], object]]] = []
+        self._heap: list[tuple[float, int, Timer]] = []
         self._counter = itertools.count()
         self._wake = threading.Condition()
         self._stopped = False
+        self._cancelled = 0
         self._thread = threading.Thread(target=self._run, name="stem-scheduler", daemon=True)
         self._thread.start()
 
+    @property
+    def queued(self) -> int:
+        """Entries in the queue, cancelled ones not yet dropped included."""
+        with self._wake:
+            return len(self._heap)
+
     def call_later(self, delay: float, callback: Callable[[], object]) -> Timer:
-        timer = Timer()
+        timer = Timer(callback)
+        timer._scheduler = self
         with self._wake:
             when = time.monotonic() + max(0.0, delay)
-            heapq.heappush(self._heap, (when, next(self._counter), timer, callback))
+            heapq.heappush(self._heap, (when, next(self._counter), timer))
             if self._heap[0][2] is timer:  # only an earlier deadline needs the thread awake
                 self._wake.notify()
         return timer
+
+    def _count_cancelled(self) -> None:
+        with self._wake:
+            self._cancelled += 1
+            if self._cancelled >= COMPACT_AFTER and 2 * self._cancelled > len(self._heap):
+                self._heap = [entry for entry in self._heap if not entry[2].cancelled]
+                heapq.heapify(self._heap)
+                self._cancelled = 0
 
     def every(self, interval: float, callback: Callable[[], None]) -> Timer:
         """Call ``callback`` every ``interval`` seconds until the returned timer is cancelled."""
@@ -55,8 +89,7 @@ class Scheduler:
                 callback()
             finally:
                 if not timer.cancelled:
-                    inner = self.call_later(interval, tick)
-                    inner.cancelled = False
+                    self.call_later(interval, tick)
 
         self.call_later(interval, tick)
         return timer
@@ -69,8 +102,13 @@ class Scheduler:
                     self._wake.wait(timeout)
                 if self._stopped:
                     return
-                _, _, timer, callback = heapq.heappop(self._heap)
-            if timer.cancelled:
+                _, _, timer = heapq.heappop(self._heap)
+                callback = timer.callback
+                if timer.cancelled:
+                    self._cancelled = max(0, self._cancelled - 1)
+                    continue
+                timer._scheduler = None  # due: a cancel from now on changes no count
+            if callback is None:
                 continue
             try:
                 callback()
