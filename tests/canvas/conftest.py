@@ -56,8 +56,10 @@ class WorkerProcesses:
         self.env = {k: v for k, v in os.environ.items() if k not in CLEARED}
         self.env.update(PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1")
 
-    def start(self, count: int = 2, *, concurrency: int = 4) -> list[subprocess.Popen[bytes]]:
-        """Start ``count`` workers and wait until each reports ready."""
+    def start(
+        self, count: int = 2, *, concurrency: int = 4, extra: tuple[str, ...] = ()
+    ) -> list[subprocess.Popen[bytes]]:
+        """Start ``count`` workers (``extra``: more options) and wait until each is ready."""
         started = []
         for _ in range(count):
             n = len(self.procs)
@@ -80,6 +82,7 @@ class WorkerProcesses:
                         "0.02",
                         "--shutdown-timeout",
                         "5",
+                        *extra,
                     ],
                     cwd=self.folder,
                     env=self.env,
