@@ -31,7 +31,10 @@ def dumps(value: Any, *, where: str) -> str:
     """
     try:
         if keys_are_text(value):
-            return _ENCODER.encode(value)
+            text = _ENCODER.encode(value)
+            if not text.isascii():
+                text.encode("utf-8")  # a lone surrogate passes the encoder, not SQLite
+            return text
     except (TypeError, ValueError, RecursionError):
         pass
     problem = find_non_json(value, where)
@@ -67,7 +70,9 @@ def find_non_json(value: Any, path: str, _depth: int = 0) -> str | None:
     """Return a sentence naming the first part of ``value`` that JSON cannot hold, or None."""
     if _depth > 200:
         return f"{path} is nested too deeply (or refers to itself) to be stored as JSON"
-    if value is None or isinstance(value, (bool, int, str)):
+    if isinstance(value, str):
+        return _lone_surrogate(value, path)
+    if value is None or isinstance(value, (bool, int)):
         return None
     if isinstance(value, float):
         if math.isnan(value) or math.isinf(value):
@@ -86,6 +91,9 @@ def find_non_json(value: Any, path: str, _depth: int = 0) -> str | None:
                     f"{path} has the key {key!r} ({type(key).__name__}); "
                     "JSON object keys must be strings"
                 )
+            bad_key = _lone_surrogate(key, f"a key of {path}")
+            if bad_key:
+                return bad_key
             found = find_non_json(item, f"{path}[{key!r}]", _depth + 1)
             if found:
                 return found
@@ -95,6 +103,20 @@ def find_non_json(value: Any, path: str, _depth: int = 0) -> str | None:
         "pass str, int, float, bool, None, list or dict (convert it first, e.g. a datetime "
         "to an ISO string)"
     )
+
+
+def _lone_surrogate(text: str, path: str) -> str | None:
+    """A sentence naming a lone surrogate in ``text`` (it has no UTF-8 form), or None."""
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return (
+            f"{path} holds a lone surrogate ({exc.object[exc.start : exc.end]!r}), which is "
+            "not text that can be stored; pass proper Unicode (decode bytes as UTF-8 first)"
+        )
+    return None
 
 
 def _short_repr(value: Any) -> str:

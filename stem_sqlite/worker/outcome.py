@@ -70,6 +70,12 @@ def outcome_from_exception(exc: BaseException) -> Outcome:
 
 def success_outcome(value: Any, task_name: str) -> Outcome:
     """A success, unless the value cannot be stored as JSON (then a clear, final error)."""
+    if (
+        value is None
+        or isinstance(value, (bool, int))
+        or (isinstance(value, str) and value.isascii())
+    ):
+        return Outcome("success", value=value)  # always storable: no need to encode it twice
     try:
         dumps(value, where=f"the return value of {task_name}")
     except InvalidPayload as exc:

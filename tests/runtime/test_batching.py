@@ -128,3 +128,31 @@ def test_a_job_whose_lease_ended_before_it_started_is_not_run(
     assert tasks.read(log) == []
     assert app.broker.pending_count("default") == 1  # still there for a live worker
     consumer.close()
+
+
+def lone_surrogate() -> str:
+    """A result that JSON can encode but no UTF-8 file can hold."""
+    return "bad \ud800 text"
+
+
+def test_a_result_that_cannot_be_stored_fails_alone_and_its_batch_mates_run_once(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    """Found by hand: the whole batch of statuses was refused, so every task that shared
+    it was released and ran again, up to the delivery limit, and the bad one ended as a
+    lost worker. Its result is now checked when the task returns."""
+    app = make_app()
+    record = app.task(name="rt.record")(tasks.record)
+    bad = app.task(name="rt.lone_surrogate")(lone_surrogate)
+    path = str(tmp_path / "runs.jsonl")
+    goods = [record.delay(path, f"r{i}") for i in range(5)]
+    broken = bad.delay()
+    goods += [record.delay(path, f"r{i}") for i in range(5, 10)]
+    run_burst(app, prefetch_multiplier=16)
+    labels = sorted(r["label"] for r in tasks.read(path))
+    assert labels == sorted(f"r{i}" for i in range(10)), "each good task runs once"
+    assert all(result.get(timeout=5) for result in goods)
+    status = app.backend.get(broken.id)
+    assert status is not None and status.state is TaskState.FAILED
+    assert status.error is not None and status.error.type == "InvalidPayload"
+    assert "lone surrogate" in status.error.message and "rt.lone_surrogate" in status.error.message
