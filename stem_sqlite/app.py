@@ -14,7 +14,7 @@ from typing import Any, overload
 from .contracts import Broker, ResultBackend
 from .errors import ConfigurationError, DatabaseBusy, InvalidArgument, TaskNotRegistered
 from .model import Envelope, TaskState
-from .options import EnqueueOptions, RetryPolicy
+from .options import NO_OPTIONS, EnqueueOptions, RetryPolicy
 from .paths import DatabasePaths, resolve_paths
 from .producer import build_envelope
 from .result import AsyncResult
@@ -106,7 +106,7 @@ class Task:
         """Enqueue a call with options (countdown, eta, expires, priority, task_id, queue,
         time limits, ignore_result, max_retries, retry_policy, link, link_error, headers,
         meta, and Celery's informational options). Returns its :class:`AsyncResult`."""
-        return self.app.enqueue(self.name, args, kwargs, options=EnqueueOptions().merged(**options))
+        return self.app.enqueue(self.name, args, kwargs, options=NO_OPTIONS.merged(**options))
 
     def signature(
         self, *args: Any, kwargs: dict[str, Any] | None = None, **options: Any
@@ -310,18 +310,18 @@ class Stem:
             name,
             args,
             kwargs,
-            options or EnqueueOptions(),
+            options or NO_OPTIONS,
             task_defaults=task,
             parent=parent,
             clock=self.clock,
         )
-        self.publish(envelope, options or EnqueueOptions())
+        self.publish(envelope, options or NO_OPTIONS)
         return AsyncResult(envelope.id, self)
 
     def publish(self, envelope: Envelope, options: EnqueueOptions | None = None) -> None:
         """Publish a ready-made envelope (with publish retries when ``options.retry``),
         then record ``queued`` when this producer keeps statuses."""
-        options = options or EnqueueOptions()
+        options = options or NO_OPTIONS
         attempts = 1
         policy = options.retry_policy_publish
         if options.retry:

@@ -151,6 +151,10 @@ class EnqueueOptions:
         return replace(self, **changes) if changes else self
 
 
+#: The options of a call that gives none (frozen, so one instance serves every call).
+NO_OPTIONS = EnqueueOptions()
+
+
 @functools.cache
 def _option_names() -> frozenset[str]:
     return frozenset(f.name for f in fields(EnqueueOptions))
