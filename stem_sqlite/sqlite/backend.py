@@ -153,37 +153,57 @@ class SqliteResultBackend(StatusQueries, GroupsAndHeartbeats):
         write = StatusWrite(
             task_id, state, payload, error, attempt, meta, ttl, owner, take_over, epoch
         )
-        statement, params, status = self._prepare(write)
-        row = self._db.write_one(statement, params).fetchone()
-        if row is None:
-            return False
-        self._push(task_id, int(row[0]), status)
-        return True
+        return self.set_many([write])[0]
 
     def set_many(self, writes: Sequence[StatusWrite]) -> list[bool]:
         """Apply several :meth:`set` calls in one transaction, in order (one commit for
         them all: how a worker stores the statuses of many short tasks). Returns, for
         each write, whether it was written; every write is checked before any is made."""
-        prepared = [self._prepare(write) for write in writes]
+        now = self._now_ms()
+        prepared = [self._prepare(write, now) for write in writes]
         if not prepared:
             return []
         revisions: list[int | None] = []
         if len(prepared) == 1:  # one statement is its own transaction: one round trip
-            statement, params, _status = prepared[0]
-            row = self._db.write_one(statement, params).fetchone()
+            guard, params = prepared[0]
+            row = self._db.write_one(sql.STATUS_WRITES_RETURNING[guard], params).fetchone()
             revisions.append(None if row is None else int(row[0]))
         else:
             with self._db.write() as conn:
-                for statement, params, _status in prepared:
-                    row = conn.execute(statement, params).fetchone()
-                    revisions.append(None if row is None else int(row[0]))
-        for (_statement, _params, status), revision in zip(prepared, revisions, strict=True):
-            if revision is not None:
-                self._push(status.id, revision, status)
+                revisions = self._write_all(conn, prepared)
+        for write, revision in zip(writes, revisions, strict=True):
+            if revision:
+                self._push(write.task_id, revision, _status_of(write))
         return [revision is not None for revision in revisions]
 
-    def _prepare(self, write: StatusWrite) -> tuple[str, dict[str, Any], TaskStatus]:
-        """The checked statement and parameters of one status write."""
+    def _write_all(
+        self, conn: Any, prepared: list[tuple[str | None, dict[str, Any]]]
+    ) -> list[int | None]:
+        """Make the writes in the open transaction: each one's new revision, or None
+        where it was refused; 0 where it was written but its revision was not read."""
+        guards = {guard for guard, _ in prepared}
+        if len(guards) == 1 and not self._db.listeners:
+            # Nobody in this process watches a status, so no revision is needed, and one
+            # executemany costs a third less than a statement per write. Should a guard
+            # refuse one (a stale lease), they are made again one by one.
+            (guard,) = guards
+            conn.execute("SAVEPOINT stem_statuses")
+            written = conn.executemany(
+                sql.STATUS_WRITES[guard], [params for _, params in prepared]
+            ).rowcount
+            if written == len(prepared):
+                conn.execute("RELEASE stem_statuses")
+                return [0] * len(prepared)
+            conn.execute("ROLLBACK TO stem_statuses")
+            conn.execute("RELEASE stem_statuses")
+        revisions: list[int | None] = []
+        for guard, params in prepared:
+            row = conn.execute(sql.STATUS_WRITES_RETURNING[guard], params).fetchone()
+            revisions.append(None if row is None else int(row[0]))
+        return revisions
+
+    def _prepare(self, write: StatusWrite, now: int) -> tuple[str | None, dict[str, Any]]:
+        """The checked guard and parameters of one status write."""
         task_id = write.task_id
         check_id(task_id, "task_id")
         task_state = coerce_state(write.state)
@@ -193,15 +213,15 @@ class SqliteResultBackend(StatusQueries, GroupsAndHeartbeats):
         attempt = write.attempt
         if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 0:
             raise InvalidArgument(f"attempt must be an integer of 0 or more, got {attempt!r}")
-        meta = dict(write.meta or {})
+        meta = write.meta or {}
         life = self.default_ttl if write.ttl is None else to_seconds(write.ttl, name="ttl")
-        now = self._now_ms()
         owner = write.owner
+        queue = meta.get("queue")
         params = {
             "ns": self.namespace,
             "id": task_id,
             "state": task_state.value,
-            "queue": meta.get("queue") if isinstance(meta.get("queue"), str) else None,
+            "queue": queue if isinstance(queue, str) else None,
             "payload": dumps(write.payload, where=f"result of task {task_id}"),
             "error": dumps(error.to_dict(), where="error") if error else None,
             "attempt": attempt,
@@ -211,16 +231,14 @@ class SqliteResultBackend(StatusQueries, GroupsAndHeartbeats):
             "owner": owner,
             "epoch": write.epoch,
         }
-        statement = sql.UPSERT_STATUS
+        guard: str | None = None
         if task_state is TaskState.QUEUED:
-            statement += sql.UPSERT_QUEUED_SUFFIX
+            guard = "queued"
         elif owner is not None and task_state is not TaskState.RUNNING and not write.take_over:
-            statement += sql.UPSERT_OWNED_SUFFIX
+            guard = "owned"
         elif owner is not None and write.epoch is not None:
-            statement += sql.UPSERT_TAKE_OVER_SUFFIX
-        statement += " RETURNING revision"
-        status = TaskStatus(task_id, task_state, write.payload, error, attempt, meta)
-        return statement, params, status
+            guard = "take_over"
+        return guard, params
 
     def get(self, task_id: str) -> TaskStatus | None:
         """The task's status, or None when there is none or it has expired."""
@@ -365,6 +383,18 @@ class SqliteResultBackend(StatusQueries, GroupsAndHeartbeats):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _status_of(write: StatusWrite) -> TaskStatus:
+    """The status a write stored, as pushed to this process's watchers."""
+    return TaskStatus(
+        write.task_id,
+        coerce_state(write.state),
+        write.payload,
+        write.error,
+        write.attempt,
+        dict(write.meta or {}),
+    )
 
 
 __all__ = ["SqliteResultBackend"]

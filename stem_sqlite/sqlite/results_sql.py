@@ -41,6 +41,19 @@ WHERE stem_task_results.epoch IS NULL OR excluded.epoch IS NULL
    OR stem_task_results.expires_at <= excluded.updated_at
 """
 
+# Every form of a status write, built once: SQLite's statement cache is keyed by the
+# text, so a text assembled per write would cost a hash of ~1 kB each time. Keyed by
+# the guard: None, "queued", "owned" or "take_over".
+STATUS_WRITES: dict[str | None, str] = {
+    None: UPSERT_STATUS,
+    "queued": UPSERT_STATUS + UPSERT_QUEUED_SUFFIX,
+    "owned": UPSERT_STATUS + UPSERT_OWNED_SUFFIX,
+    "take_over": UPSERT_STATUS + UPSERT_TAKE_OVER_SUFFIX,
+}
+STATUS_WRITES_RETURNING = {
+    guard: statement + " RETURNING revision" for guard, statement in STATUS_WRITES.items()
+}
+
 STATUS_COLUMNS = "id, state, payload, error, attempt, meta, revision, created_at, updated_at"
 
 GET_STATUS = f"""

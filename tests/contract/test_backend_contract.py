@@ -1136,6 +1136,35 @@ def test_set_many_applies_writes_in_order_with_the_fencing_of_set(backend: Any) 
     assert backend.set_many([]) == []
 
 
+def test_set_many_of_one_kind_refuses_only_the_stale_write(backend: Any) -> None:
+    """A worker's batch is all take-overs fenced by lease epoch: one from a lease older
+    than the record's is refused alone, and the others are written."""
+    backend.set("taken", TaskState.RUNNING, meta=ENCODER, owner="new", epoch=200)
+    results = backend.set_many(
+        [
+            StatusWrite(
+                "a", TaskState.SUCCEEDED, 1, meta=ENCODER, owner="l1", take_over=True, epoch=10
+            ),
+            StatusWrite(
+                "taken",
+                TaskState.SUCCEEDED,
+                2,
+                meta=ENCODER,
+                owner="old",
+                take_over=True,
+                epoch=100,
+            ),
+            StatusWrite(
+                "b", TaskState.SUCCEEDED, 3, meta=ENCODER, owner="l2", take_over=True, epoch=10
+            ),
+        ]
+    )
+    assert results == [True, False, True]
+    assert [backend.get(task).payload for task in ("a", "b")] == [1, 3]
+    taken = backend.get("taken")
+    assert taken is not None and taken.state is TaskState.RUNNING
+
+
 def test_set_many_checks_every_write_before_making_any(backend: Any) -> None:
     with pytest.raises(InvalidArgument):
         backend.set_many(
