@@ -204,9 +204,16 @@ def prefill(system: str, n: int, folder: Path, name: str = "noop", delay: float 
     else:
         h = huey_app()
         task = getattr(h, name)
-        rows = [(h.huey.storage.name, h.huey.serialize_task(task.s(i)), 0) for i in range(n)]
-        with h.huey.storage.db(commit=True) as cursor:
-            cursor.executemany("insert into task (queue, data, priority) values (?, ?, ?)", rows)
+        storage = h.huey.storage
+        if delay:  # Huey keeps tasks with an eta in its schedule table until they are due
+            when = time.time() + delay
+            rows = [(storage.name, h.huey.serialize_task(task.s(i)), when) for i in range(n)]
+            statement = "insert into schedule (queue, data, timestamp) values (?, ?, ?)"
+        else:
+            rows = [(storage.name, h.huey.serialize_task(task.s(i)), 0) for i in range(n)]
+            statement = "insert into task (queue, data, priority) values (?, ?, ?)"
+        with storage.db(commit=True) as cursor:
+            cursor.executemany(statement, rows)
 
 
 def w2_drain(
@@ -306,11 +313,9 @@ def w4_depth(system: str, depth: int, folder: Path, delayed: bool) -> dict[str, 
             assert delivery is not None
             app.broker.ack(delivery)
     else:
-        if delayed:
-            return {"us": None}
         h = huey_app()
         if depth:
-            prefill("huey", depth, folder)
+            prefill("huey", depth, folder, delay=delay)
 
         def cycle() -> None:
             h.noop(0)

@@ -51,6 +51,7 @@ PLAN: list[tuple[str, str, str, str, str]] = [
     ("w4.stem.delayed", "stem", "depth", "DEPTH", "delayed"),
     ("w4.huey.empty", "huey", "depth", "0", ""),
     ("w4.huey.pending", "huey", "depth", "DEPTH", ""),
+    ("w4.huey.delayed", "huey", "depth", "DEPTH", "delayed"),
     ("w5.stem", "stem", "idle", "0", ""),
 ]
 
