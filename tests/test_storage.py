@@ -498,3 +498,33 @@ def test_wal_index_header_of_a_file_without_one_is_none(tmp_path: Path) -> None:
     header = WalIndexHeader(tmp_path / "missing.sqlite")
     assert header.snapshot() is None
     assert header.snapshot() is None  # and it does not try again
+
+
+def test_an_idle_consumer_looks_half_as_often_after_a_second_without_jobs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What keeps an idle worker under 2 % of a core (W5): commits of other processes
+    are looked for every change_check_interval while jobs come, twice that once none
+    has come for a second."""
+    with SqliteBroker.open(
+        tmp_path / "b.sqlite", change_check_interval=0.005, poll_interval=0.25
+    ) as broker:
+        db = broker.database
+        checks: list[float] = []
+        real_wait = db.wait_for_change
+
+        def spy(mark: Any, timeout: float, check_every: float) -> bool:
+            checks.append(check_every)
+            return real_wait(mark, timeout, check_every)
+
+        monkeypatch.setattr(db, "wait_for_change", spy)
+        with broker.consume("idle") as consumer:
+            broker.publish(Envelope("idle.task", queue="idle"))
+            delivery = consumer.receive(timeout=5)
+            assert delivery is not None and broker.ack(delivery)
+            broker.wait_for_change(broker.change_mark(), 0.01)
+            assert checks == [0.005], "just after a claim: the short interval"
+            assert consumer.receive(timeout=1.3) is None  # waits past the quiet second
+        assert checks[1] == 0.005 and checks[-1] == 0.01, checks
+        broker.wait_for_change(broker.change_mark(), 0.01)
+        assert checks[-1] == 0.01, "the several-queue wait backs off the same way"
