@@ -29,6 +29,7 @@ from . import jobs_sql as sql
 from .connection import ChangeMark, Database, open_database, release_database
 from .consumer import SqliteConsumer
 from .dead_letters import DeadLetterStore
+from .inspection import QueueInspection
 from .maintenance import Periodic
 from .rows import deliveries_of_claim, texts_of_copies
 from .schema import BROKER
@@ -48,7 +49,7 @@ def clean_namespace(namespace: object) -> str:
     return namespace.strip() or "stem"
 
 
-class SqliteBroker(DeadLetterStore, DeliverySettling):
+class SqliteBroker(DeadLetterStore, DeliverySettling, QueueInspection):
     """A broker stored in one SQLite file (WAL). Open it with :meth:`open`.
 
     Every claim gives the job a fresh lease token (its consumer's random prefix and a
@@ -352,37 +353,6 @@ class SqliteBroker(DeadLetterStore, DeliverySettling):
                 )
         for receipt in receipts:
             self._settled(receipt)
-
-    # -- inspection and administration ----------
-
-    def purge(self, queue: str) -> int:
-        """Delete every job of ``queue`` (ready, delayed and leased); dead letters stay."""
-        name = clean_queue_name(queue)
-        return self._db.write_one(sql.PURGE_QUEUE, (self.namespace, name)).rowcount
-
-    def _count(self, statement: str, queue: str) -> int:
-        name = clean_queue_name(queue)
-        with self._db.read() as conn:
-            return int(
-                conn.execute(statement, (self.namespace, name, self._now_ms())).fetchone()[0]
-            )
-
-    def pending_count(self, queue: str) -> int:
-        """Jobs that a consumer could claim now (expired leases included)."""
-        return self._count(sql.COUNT_PENDING, queue)
-
-    def inflight_count(self, queue: str) -> int:
-        """Jobs whose lease is running."""
-        return self._count(sql.COUNT_INFLIGHT, queue)
-
-    def delayed_count(self, queue: str) -> int:
-        """Jobs waiting for their ``not_before`` time."""
-        return self._count(sql.COUNT_DELAYED, queue)
-
-    def queues(self) -> list[str]:
-        """Queues of this namespace that hold jobs or dead letters."""
-        with self._db.read() as conn:
-            return [row[0] for row in conn.execute(sql.LIST_QUEUES, {"ns": self.namespace})]
 
     # -- life cycle ----------
 
