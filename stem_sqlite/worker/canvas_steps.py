@@ -100,29 +100,39 @@ def continue_chain(settler: Settler, envelope: Envelope, result: Any) -> None:
     if not rest:
         return
     app = settler.worker.app
-    step = Signature.from_dict(rest[0])
-    options = step.enqueue_options()
-    options = options.merged(
-        task_id=options.task_id or follow_up_id(envelope, META_CHAIN),
-        meta={**(options.meta or {}), META_CHAIN: rest[1:]},
-    )
-    next_envelope = build_envelope(
-        step.name,
-        (result, *step.args),
-        step.kwargs,
-        options,
-        task_defaults=app.tasks.get(step.name),
-        parent=envelope,
-        clock=app.clock,
-    )
+    try:
+        step = Signature.from_dict(rest[0])
+        options = step.enqueue_options()
+        options = options.merged(
+            task_id=options.task_id or follow_up_id(envelope, META_CHAIN),
+            meta={**(options.meta or {}), META_CHAIN: rest[1:]},
+        )
+        next_envelope = build_envelope(
+            step.name,
+            (result, *step.args),
+            step.kwargs,
+            options,
+            task_defaults=app.tasks.get(step.name),
+            parent=envelope,
+            clock=app.clock,
+        )
+    except (ValueError, TypeError, KeyError):
+        # A damaged step, or a result it cannot take: running the parent again would not
+        # mend it. The chain ends here, in the log.
+        log.exception("the next step of the chain of task %s cannot be built", envelope.id)
+        return
     publish_follow_up(settler, next_envelope, options)
 
 
 def break_chain(settler: Settler, envelope: Envelope, error: TaskError) -> None:
     """Mark every later step of a chain failed: they will never run."""
     for item in envelope.meta.get(META_CHAIN) or []:
-        step = Signature.from_dict(item)
-        step_id = step.enqueue_options().task_id
+        try:
+            step = Signature.from_dict(item)
+            step_id = step.enqueue_options().task_id
+        except (ValueError, TypeError, KeyError):
+            log.exception("a later step of the chain of task %s cannot be read", envelope.id)
+            continue
         if not step_id:
             continue
         settler.backend.set(

@@ -132,3 +132,18 @@ def test_members_that_run_again_after_the_chord_fired_do_not_fire_it_twice(
         assert result.get(timeout=20) == [0, 1, 4]
         assert stays(lambda: len(read(calls)) == 1, 0.5), f"the callback ran again: {read(calls)}"
     assert len(refused) == 3
+
+
+def test_a_damaged_chain_step_ends_the_chain_and_the_parent_runs_once(canvas: Canvas) -> None:
+    """Running the parent again cannot mend a step that cannot be read: it is logged,
+    and the parent is acked (not sent round until the delivery limit)."""
+    from stem_sqlite.canvas import META_CHAIN
+
+    square = canvas.tasks["square"]
+    runs = canvas.file("runs.jsonl")
+    result = square.apply_async(args=[runs, 4], meta={META_CHAIN: [{"not": "a signature"}]})
+    with running(canvas.app):
+        assert result.get(timeout=20) == 16
+        assert stays(lambda: len(read(runs)) == 1, 0.5), f"the parent ran again: {read(runs)}"
+    assert canvas.app.broker.pending_count("default") == 0
+    assert canvas.app.broker.inflight_count("default") == 0
