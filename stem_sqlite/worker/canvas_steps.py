@@ -69,6 +69,21 @@ def follow_up_id(parent: Envelope, *parts: str) -> str:
     return derived_id(parent.id, iso(parent.enqueued_at), *parts)
 
 
+def child_envelope(
+    app: Any, parent: Envelope, signature: Signature, args: Any, options: EnqueueOptions
+) -> Envelope:
+    """The envelope of a follow-up call of ``signature`` made by ``parent``'s run."""
+    return build_envelope(
+        signature.name,
+        args,
+        signature.kwargs,
+        options,
+        task_defaults=app.tasks.get(signature.name),
+        parent=parent,
+        clock=app.clock,
+    )
+
+
 def dispatch_links(settler: Settler, envelope: Envelope, key: str) -> None:
     """Publish the ``link`` (or ``link_error``) callbacks stored under ``key``. One that
     cannot be built (a damaged signature) is logged and skipped: it never could be."""
@@ -79,15 +94,7 @@ def dispatch_links(settler: Settler, envelope: Envelope, key: str) -> None:
             options: EnqueueOptions = signature.enqueue_options()
             if not options.task_id:
                 options = options.merged(task_id=follow_up_id(envelope, key, str(index)))
-            link_envelope = build_envelope(
-                signature.name,
-                signature.args,
-                signature.kwargs,
-                options,
-                task_defaults=app.tasks.get(signature.name),
-                parent=envelope,
-                clock=app.clock,
-            )
+            link_envelope = child_envelope(app, envelope, signature, signature.args, options)
         except (ValueError, TypeError, KeyError):
             log.exception("the %s callback of task %s cannot be built; skipped", key, envelope.id)
             continue
@@ -107,15 +114,7 @@ def continue_chain(settler: Settler, envelope: Envelope, result: Any) -> None:
             task_id=options.task_id or follow_up_id(envelope, META_CHAIN),
             meta={**(options.meta or {}), META_CHAIN: rest[1:]},
         )
-        next_envelope = build_envelope(
-            step.name,
-            (result, *step.args),
-            step.kwargs,
-            options,
-            task_defaults=app.tasks.get(step.name),
-            parent=envelope,
-            clock=app.clock,
-        )
+        next_envelope = child_envelope(app, envelope, step, (result, *step.args), options)
     except (ValueError, TypeError, KeyError):
         # A damaged step, or a result it cannot take: running the parent again would not
         # mend it. The chain ends here, in the log.

@@ -23,8 +23,8 @@ class Timer:
         self._scheduler: Scheduler | None = None
 
     def cancel(self) -> None:
-        """Never call it. The callback (a lease, with its delivery) is let go at once,
-        not when its time would have come."""
+        """The callback will not be called. It (a lease, with its delivery) is let go
+        at once, not when its time would have come."""
         if self.cancelled:
             return
         self.cancelled = True

@@ -7,10 +7,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ..canvas import META_CHAIN
-from ..model import Envelope, StatusWrite, TaskError, TaskState, TaskStatus
+from ..model import Delivery, Envelope, StatusWrite, TaskError, TaskState, TaskStatus
 from ..options import (
     HEADER_GROUP_ID,
     META_LINK,
@@ -126,13 +127,15 @@ class Settler:
         status = TaskStatus(
             envelope.id, TaskState.SUCCEEDED, payload, None, envelope.attempt, status_meta
         )
-        if not self._follow_up(execution, lambda: after_success(self, envelope, status, value)):
+        if not self._follow_up(
+            execution.delivery, partial(after_success, self, envelope, status, value)
+        ):
             return "released"
         if not self.broker.ack(execution.delivery):
             return self._lost(execution)
         return "succeeded"
 
-    def _follow_up(self, execution: Execution, follow_ups: Callable[[], None]) -> bool:
+    def _follow_up(self, delivery: Delivery, follow_ups: Callable[[], None]) -> bool:
         """Run the follow-ups of an ended task before its ack. When one cannot be stored,
         the job is released, so it runs again and its re-run does them (each is done
         once, however often it is tried: see canvas_steps.py)."""
@@ -142,10 +145,10 @@ class Settler:
             log.exception(
                 "task %s[%s]: its group, links or chain could not be stored; the job is "
                 "released to run again",
-                execution.envelope.name,
-                execution.envelope.id,
+                delivery.envelope.name,
+                delivery.envelope.id,
             )
-            self.broker.nack(execution.delivery, requeue=True)
+            self.broker.nack(delivery, requeue=True)
             return False
         return True
 
@@ -270,7 +273,7 @@ class Settler:
         status = TaskStatus(
             envelope.id, TaskState.FAILED, None, final, envelope.attempt, status_meta
         )
-        if not self._follow_up(execution, lambda: after_failure(self, envelope, status)):
+        if not self._follow_up(execution.delivery, partial(after_failure, self, envelope, status)):
             return "released"
         dead = self.broker.dead_letter(
             execution.delivery, reason=reason, meta={"error": f"{final.type}: {final.message}"}
@@ -309,11 +312,7 @@ class Settler:
             self.broker.nack(delivery, requeue=True)  # refused too if the lease is gone
             return
         status = TaskStatus(envelope.id, state, None, error, envelope.attempt, meta)
-        try:
-            report_to_group(self, envelope, status)
-        except Exception:
-            log.exception("job %s: its group could not be told; released", envelope.id)
-            self.broker.nack(delivery, requeue=True)
+        if not self._follow_up(delivery, partial(report_to_group, self, envelope, status)):
             return
         if dead_letter_reason is None:
             self.broker.ack(delivery)
